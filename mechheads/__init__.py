@@ -1,0 +1,40 @@
+"""mechheads: find out what individual attention heads do by intervening on them.
+
+Layers (each depends only on those above it):
+
+1. :mod:`mechheads.model` (the protocol over both TransformerLens backends), :mod:`mechheads.heads`
+   (head addressing and masks), :mod:`mechheads.hooks` (temporary per-head interventions);
+2. :mod:`mechheads.tasks` (prompts, targets, metrics, generators), :mod:`mechheads.zoo` (tiny trained models);
+3. one module per method (:mod:`mechheads.detectors`, …).
+"""
+
+from mechheads.arch import ArchConfig
+from mechheads.errors import MechheadsError, UnknownTokenError
+from mechheads.heads import Head, all_heads, heads_to_mask, mask_to_heads, parse_heads
+from mechheads.hooks import gate_heads, replace_heads, scale_heads
+from mechheads.model import HeadModel, available_backends, build_model, default_backend, load_pretrained, wrap
+from mechheads.tasks import Task, TokenBatch
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArchConfig",
+    "Head",
+    "HeadModel",
+    "MechheadsError",
+    "Task",
+    "TokenBatch",
+    "UnknownTokenError",
+    "all_heads",
+    "available_backends",
+    "build_model",
+    "default_backend",
+    "gate_heads",
+    "heads_to_mask",
+    "load_pretrained",
+    "mask_to_heads",
+    "parse_heads",
+    "replace_heads",
+    "scale_heads",
+    "wrap",
+]

@@ -1,0 +1,470 @@
+"""One narrow protocol over both TransformerLens backends.
+
+Every mechheads analysis talks to a model only through :class:`HeadModel`: the dimensions in
+``cfg``, hook names, ``run_with_hooks``, ``run_with_cache``, the ``hooks`` context manager and the
+weight matrices. Two backends sit behind it:
+
+* ``"hooked"`` — TransformerLens 3.x ``HookedTransformer`` / ``HookedEncoder``;
+* ``"bridge"`` — ``TransformerBridge`` (TransformerLens 4.x; also present in 3.9).
+
+Hook names (``blocks.{l}.attn.hook_z`` …) are the same on both. Hook functions never parse
+``hook.name``: the bridge passes aliases (``blocks.0.attn.o.hook_in`` for ``hook_z``), so mechheads
+binds the layer in a closure instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+
+from mechheads.arch import ArchConfig, check_state, param_shapes, to_bridge_native_state
+from mechheads.errors import MechheadsError, preview
+from mechheads.tokenizer import HFTokenizer, Tokenizer
+
+HookFn = Callable[..., torch.Tensor | None]
+FwdHooks = Sequence[tuple[str, HookFn]]
+
+BACKENDS = ("hooked", "bridge")
+
+
+def available_backends() -> list[str]:
+    """Backends importable in this environment, preferred first.
+
+    TransformerLens 4.x raises ImportError (not AttributeError) for the removed
+    ``HookedTransformer``, so detection uses try/except, never hasattr.
+    """
+    found = []
+    try:
+        from transformer_lens import HookedTransformer  # noqa: F401
+
+        found.append("hooked")
+    except ImportError:
+        pass
+    try:
+        from transformer_lens.model_bridge import TransformerBridge  # noqa: F401
+        from transformer_lens.model_bridge.sources.native import NativeModel  # noqa: F401
+
+        found.append("bridge")
+    except ImportError:
+        pass
+    return found
+
+
+def default_backend() -> str:
+    """``$MECHHEADS_BACKEND`` if set, else HookedTransformer where installed, else the bridge."""
+    found = available_backends()
+    if not found:
+        raise MechheadsError("TransformerLens is not installed: pip install 'transformer-lens>=3.9,<5'")
+    wanted = os.environ.get("MECHHEADS_BACKEND")
+    if wanted:
+        return _check_backend(wanted)
+    return found[0]
+
+
+def _check_backend(backend: str) -> str:
+    found = available_backends()
+    if backend not in BACKENDS:
+        raise MechheadsError(f"unknown backend {backend!r}; valid backends: {list(BACKENDS)}")
+    if backend not in found:
+        raise MechheadsError(
+            f"backend {backend!r} is not available with the installed TransformerLens; available: {found} "
+            "('hooked' needs transformer-lens 3.x, 'bridge' needs TransformerBridge with native models)"
+        )
+    return backend
+
+
+@dataclass(frozen=True)
+class Dims:
+    """The dimensions every analysis reads."""
+
+    n_layers: int
+    n_heads: int
+    d_head: int
+    d_model: int
+    d_vocab: int
+    n_ctx: int
+    attention_dir: str = "causal"
+
+    @property
+    def n_total_heads(self) -> int:
+        return self.n_layers * self.n_heads
+
+
+def hook_z(layer: int) -> str:
+    return f"blocks.{layer}.attn.hook_z"
+
+
+def hook_pattern(layer: int) -> str:
+    return f"blocks.{layer}.attn.hook_pattern"
+
+
+def hook_resid_pre(layer: int) -> str:
+    return f"blocks.{layer}.hook_resid_pre"
+
+
+def hook_resid_post(layer: int) -> str:
+    return f"blocks.{layer}.hook_resid_post"
+
+
+def hook_attn_out(layer: int) -> str:
+    return f"blocks.{layer}.hook_attn_out"
+
+
+class HeadModel:
+    """A TransformerLens model seen through mechheads' narrow protocol.
+
+    Build one with :func:`build_model`, :func:`wrap`, :func:`load_pretrained` or
+    ``mechheads.zoo.load``.
+
+    Example:
+        >>> from mechheads import zoo
+        >>> model = zoo.load("induction-2l")
+        >>> logits = model(model.to_tokens(["a b c a b"]))
+    """
+
+    def __init__(self, tl_model, backend: str, tokenizer: Tokenizer | None = None, name: str = ""):
+        self.tl = tl_model
+        self.backend = backend
+        self.tokenizer = tokenizer
+        self.name = name or getattr(tl_model.cfg, "model_name", "") or type(tl_model).__name__
+        c = tl_model.cfg
+        self.cfg = Dims(
+            n_layers=int(c.n_layers),
+            n_heads=int(c.n_heads),
+            d_head=int(c.d_head),
+            d_model=int(c.d_model),
+            d_vocab=int(c.d_vocab),
+            n_ctx=int(c.n_ctx),
+            attention_dir=str(getattr(c, "attention_dir", "causal")),
+        )
+        if self.cfg.n_heads < 1 or self.cfg.n_layers < 1:
+            raise MechheadsError(
+                f"model {self.name!r} has no attention heads (n_layers={c.n_layers}, n_heads={c.n_heads})"
+            )
+        self._hook_names = frozenset(tl_model.hook_dict.keys())
+
+    def __repr__(self) -> str:
+        c = self.cfg
+        return (
+            f"HeadModel({self.name!r}, backend={self.backend!r}, layers={c.n_layers}, heads={c.n_heads}, "
+            f"d_model={c.d_model}, d_head={c.d_head}, vocab={c.d_vocab}, n_ctx={c.n_ctx})"
+        )
+
+    # ----- hooks -------------------------------------------------------------------------------
+    @property
+    def hook_names(self) -> frozenset[str]:
+        return self._hook_names
+
+    def check_hook(self, name: str) -> str:
+        if name not in self._hook_names:
+            close = sorted(n for n in self._hook_names if n.rsplit(".", 1)[-1] == name.rsplit(".", 1)[-1])
+            hint = f" Hooks with the same ending: {preview(close, 4)}." if close else ""
+            raise MechheadsError(
+                f"unknown hook {name!r}.{hint} This model has {len(self._hook_names)} hooks, e.g. "
+                f"{preview(sorted(self._hook_names), 6)}; layers are 0..{self.cfg.n_layers - 1}."
+            )
+        return name
+
+    def n_attached_hooks(self) -> int:
+        """Forward hooks attached right now, over unique hook points (the bridge lists aliases twice).
+
+        Zero outside any ``with`` block: mechheads never leaves a hook attached.
+        """
+        points = {id(hp): hp for hp in self.tl.hook_dict.values()}
+        return sum(len(hp.fwd_hooks) for hp in points.values())
+
+    def _check_hooks(self, fwd_hooks: FwdHooks) -> list[tuple[str, HookFn]]:
+        hooks = list(fwd_hooks)
+        for item in hooks:
+            if not (isinstance(item, tuple) and len(item) == 2 and callable(item[1])):
+                raise MechheadsError(f"each forward hook must be a (hook_name, function) pair, got {item!r}")
+            self.check_hook(item[0])
+        return hooks
+
+    @contextlib.contextmanager
+    def hooks(self, fwd_hooks: FwdHooks = ()) -> Iterator[HeadModel]:
+        """Attach forward hooks for the duration of the block; removed on exit, even on error.
+
+        Nested blocks each remove only their own hooks.
+        """
+        hooks = self._check_hooks(fwd_hooks)
+        with self.tl.hooks(fwd_hooks=hooks):
+            yield self
+
+    def run_with_hooks(
+        self, tokens: Int[torch.Tensor, "batch pos"], fwd_hooks: FwdHooks = ()
+    ) -> torch.Tensor:
+        with self.hooks(fwd_hooks):
+            return self(tokens)
+
+    def run_with_cache(
+        self,
+        tokens: Int[torch.Tensor, "batch pos"],
+        names_filter: Callable[[str], bool] | Sequence[str] | str | None = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Forward pass that also returns the activations of the selected hooks as a plain dict."""
+        if isinstance(names_filter, str):
+            names_filter = [names_filter]
+        if names_filter is None:
+            wanted: Callable[[str], bool] = lambda n: True  # noqa: E731
+        elif callable(names_filter):
+            wanted = names_filter
+        else:
+            names = [self.check_hook(n) for n in names_filter]
+            wanted = set(names).__contains__
+        cache: dict[str, torch.Tensor] = {}
+
+        def make(name: str) -> HookFn:
+            def save(x, hook):
+                cache[name] = x.detach()
+
+            return save
+
+        logits = self.run_with_hooks(tokens, [(n, make(n)) for n in sorted(self._hook_names) if wanted(n)])
+        return logits, cache
+
+    # ----- forward -----------------------------------------------------------------------------
+    def _check_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        if not isinstance(tokens, torch.Tensor) or tokens.dtype not in (torch.long, torch.int32, torch.int64):
+            raise MechheadsError(
+                f"tokens must be an integer tensor [batch, pos], got {type(tokens).__name__}"
+            )
+        if tokens.ndim != 2:
+            raise MechheadsError(f"tokens must have shape [batch, pos], got {tuple(tokens.shape)}")
+        if tokens.shape[1] > self.cfg.n_ctx:
+            raise MechheadsError(
+                f"sequence of {tokens.shape[1]} tokens is longer than the model's context of {self.cfg.n_ctx}"
+            )
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.cfg.d_vocab):
+            raise MechheadsError(f"token ids must lie in 0..{self.cfg.d_vocab - 1}")
+        return tokens.to(self.device)
+
+    def __call__(self, tokens: Int[torch.Tensor, "batch pos"]) -> Float[torch.Tensor, "batch pos vocab"]:
+        return self.tl(self._check_tokens(tokens))
+
+    def final_residual(
+        self, tokens: Int[torch.Tensor, "batch pos"]
+    ) -> Float[torch.Tensor, "batch pos d_model"]:
+        """Residual stream after the last block (before the final LayerNorm), read by hook.
+
+        Read on ``blocks.{L-1}.hook_resid_post`` because the backends disagree on ``stop_at_layer``.
+        """
+        _, cache = self.run_with_cache(tokens, [hook_resid_post(self.cfg.n_layers - 1)])
+        return cache[hook_resid_post(self.cfg.n_layers - 1)]
+
+    # ----- weights -----------------------------------------------------------------------------
+    @property
+    def W_Q(self) -> Float[torch.Tensor, "layer head d_model d_head"]:
+        return self.tl.W_Q
+
+    @property
+    def W_K(self) -> Float[torch.Tensor, "layer head d_model d_head"]:
+        return self.tl.W_K
+
+    @property
+    def W_V(self) -> Float[torch.Tensor, "layer head d_model d_head"]:
+        return self.tl.W_V
+
+    @property
+    def W_O(self) -> Float[torch.Tensor, "layer head d_head d_model"]:
+        return self.tl.W_O
+
+    @property
+    def b_O(self) -> Float[torch.Tensor, "layer d_model"]:
+        return self.tl.b_O
+
+    @property
+    def W_U(self) -> Float[torch.Tensor, "d_model vocab"]:
+        return self.tl.W_U
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.tl.parameters()).device
+
+    def parameters(self):
+        return self.tl.parameters()
+
+    def requires_grad_(self, flag: bool) -> HeadModel:
+        for p in self.tl.parameters():
+            p.requires_grad_(flag)
+        return self
+
+    def to(self, device) -> HeadModel:
+        self.tl.to(device)
+        return self
+
+    # ----- text --------------------------------------------------------------------------------
+    def _need_tokenizer(self) -> Tokenizer:
+        if self.tokenizer is None:
+            raise MechheadsError(
+                f"model {self.name!r} has no tokenizer: pass token tensors, or give the model one "
+                "(wrap(model, tokenizer=...))"
+            )
+        return self.tokenizer
+
+    def to_tokens(
+        self, texts: Sequence[str] | str, prepend_bos: bool = True
+    ) -> Int[torch.Tensor, "batch pos"]:
+        """Tokenize texts of equal token length into a [batch, pos] tensor (BOS prepended)."""
+        tok = self._need_tokenizer()
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        rows = [
+            ([tok.bos_id] if prepend_bos and tok.bos_id is not None else []) + tok.encode(t) for t in texts
+        ]
+        lengths = {len(r) for r in rows}
+        if len(lengths) > 1:
+            raise MechheadsError(
+                f"to_tokens needs texts of equal token length, got lengths {sorted(lengths)}; use a Task for ragged prompts"
+            )
+        return torch.tensor(rows, dtype=torch.long, device=self.device)
+
+    def to_str_tokens(self, tokens: Sequence[int] | torch.Tensor) -> list[str]:
+        tok = self._need_tokenizer()
+        return [tok.id_to_str(int(i)) for i in tokens]
+
+
+# ----- construction ------------------------------------------------------------------------------
+def build_model(
+    cfg: ArchConfig,
+    state: dict[str, torch.Tensor] | None = None,
+    *,
+    backend: str | None = None,
+    tokenizer: Tokenizer | None = None,
+    name: str = "",
+    seed: int = 0,
+) -> HeadModel:
+    """Build a model from an :class:`ArchConfig` (and optional canonical weights) on either backend.
+
+    Without ``state`` the weights are :func:`mechheads.arch.init_state` of ``seed``, identical on
+    both backends.
+    """
+    from mechheads.arch import init_state
+
+    backend = _check_backend(backend) if backend else default_backend()
+    state = init_state(cfg, seed) if state is None else state
+    check_state(state, param_shapes(cfg))
+    if backend == "hooked":
+        tl = _build_hooked(cfg, state)
+    else:
+        tl = _build_bridge(cfg, state)
+    tl.eval()
+    return HeadModel(tl, backend=backend, tokenizer=tokenizer, name=name)
+
+
+def _build_hooked(cfg: ArchConfig, state: dict[str, torch.Tensor]):
+    import warnings
+
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    tl_cfg = HookedTransformerConfig(
+        n_layers=cfg.n_layers,
+        d_model=cfg.d_model,
+        n_ctx=cfg.n_ctx,
+        d_head=cfg.d_head,
+        n_heads=cfg.n_heads,
+        d_vocab=cfg.d_vocab,
+        d_mlp=cfg.d_mlp if not cfg.attn_only else None,
+        attn_only=cfg.attn_only,
+        act_fn=cfg.act_fn,
+        normalization_type="LN",
+        attention_dir=cfg.attention_dir,
+        eps=cfg.eps,
+        positional_embedding_type="standard",
+        default_prepend_bos=False,
+        device="cpu",
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        model = HookedTransformer(tl_cfg)
+    full = dict(state)
+    full["unembed.b_U"] = torch.zeros(cfg.d_vocab)
+    missing, unexpected = model.load_state_dict(full, strict=False)
+    # Buffers (masks) are built by the model; every parameter must have been loaded.
+    params = {n for n, _ in model.named_parameters()}
+    not_loaded = sorted(params & set(missing))
+    if not_loaded or unexpected:
+        raise MechheadsError(
+            f"weights did not load into HookedTransformer: missing {not_loaded}, unexpected {unexpected}"
+        )
+    return model
+
+
+def _build_bridge(cfg: ArchConfig, state: dict[str, torch.Tensor]):
+    from transformer_lens.config import TransformerBridgeConfig
+    from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
+    from transformer_lens.model_bridge.sources.native import NativeModel
+
+    tl_cfg = TransformerBridgeConfig(
+        n_layers=cfg.n_layers,
+        d_model=cfg.d_model,
+        n_ctx=cfg.n_ctx,
+        d_head=cfg.d_head,
+        n_heads=cfg.n_heads,
+        d_vocab=cfg.d_vocab,
+        d_mlp=cfg.d_mlp if not cfg.attn_only else None,
+        attn_only=cfg.attn_only,
+        act_fn=cfg.act_fn,
+        normalization_type="LN",
+        attention_dir=cfg.attention_dir,
+        eps=cfg.eps,
+        positional_embedding_type="standard",
+        default_prepend_bos=False,
+    )
+    native = NativeModel(tl_cfg)
+    native.load_state_dict(to_bridge_native_state(cfg, state), strict=True)
+    return build_bridge_from_module(native, "TransformerLensNative", tl_config=tl_cfg, model_name="mechheads")
+
+
+def wrap(model, tokenizer: Tokenizer | None = None, name: str = "") -> HeadModel:
+    """Put a user's HookedTransformer, HookedEncoder or TransformerBridge behind the protocol."""
+    if isinstance(model, HeadModel):
+        return model
+    kinds: list[tuple[type, str]] = []
+    try:
+        from transformer_lens import HookedEncoder, HookedTransformer
+
+        kinds += [(HookedTransformer, "hooked"), (HookedEncoder, "hooked")]
+    except ImportError:
+        pass
+    try:
+        from transformer_lens.model_bridge import TransformerBridge
+
+        kinds.append((TransformerBridge, "bridge"))
+    except ImportError:
+        pass
+    for cls, backend in kinds:
+        if isinstance(model, cls):
+            if tokenizer is None and getattr(model, "tokenizer", None) is not None:
+                tokenizer = HFTokenizer(model.tokenizer)
+            return HeadModel(model, backend=backend, tokenizer=tokenizer, name=name)
+    raise MechheadsError(
+        f"cannot use an object of type {type(model).__module__}.{type(model).__name__} as a model: mechheads "
+        f"works with {[c.__name__ for c, _ in kinds]} from the installed TransformerLens. Build one with "
+        "mechheads.build_model(cfg), mechheads.zoo.load(name) or mechheads.load_pretrained(name)."
+    )
+
+
+def load_pretrained(
+    name: str, *, backend: str | None = None, **kwargs
+) -> HeadModel:  # pragma: no cover - needs a hub
+    """Load a hub model through TransformerLens (needs network access to the Hugging Face hub).
+
+    ``hooked``: ``HookedTransformer.from_pretrained(name, **kwargs)``;
+    ``bridge``: ``TransformerBridge.boot_transformers(name, **kwargs)``.
+    """
+    backend = _check_backend(backend) if backend else default_backend()
+    if backend == "hooked":
+        from transformer_lens import HookedTransformer
+
+        tl = HookedTransformer.from_pretrained(name, **kwargs)
+    else:
+        from transformer_lens.model_bridge import TransformerBridge
+
+        tl = TransformerBridge.boot_transformers(name, **kwargs)
+    tl.eval()
+    return wrap(tl, name=name)

@@ -1,0 +1,186 @@
+"""Seeded task generators.
+
+Each generator builds examples as *segments*, ``(text, supervised)`` pairs whose last segment is
+the answer. :class:`~mechheads.tasks.core.Task` objects are made from them (prompt = all but the
+last segment, target = the last), and the zoo's training code uses the same segments with the
+``supervised`` flags as a loss mask, so the formats of training and evaluation cannot drift apart.
+
+Formats:
+* function tasks, in-context (Todd et al.): ``Q: x\\nA: y\\n\\n`` × k, then ``Q: xq\\nA:`` → `` yq``;
+* function tasks, instruction: ``{instruction}\\nQ: x\\nA: y\\n\\nQ: xq\\nA:`` → `` yq``;
+* ABA/ABB identity rules (Yang et al.): lines ``a^b^a`` (or ``a^b^b``), then ``c^d^`` → ``c`` (or ``d``);
+* IOI-style: ``When A and B went to the store , B gave a drink to`` → `` A``;
+* induction: a random word sequence, then its repeat (target: the repeat after its first token).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Literal
+
+import pandas as pd
+
+from mechheads.errors import MechheadsError
+from mechheads.tasks import words
+from mechheads.tasks.core import Task
+
+Segments = list[tuple[str, bool]]
+FUNCTION_TASK_NAMES = tuple(words.FUNCTION_TASKS)
+Format = Literal["icl", "instruction"]
+Rule = Literal["ABA", "ABB", "mixed"]
+
+
+def _check_positive(name: str, value: int, minimum: int = 1) -> None:
+    if not isinstance(value, int) or value < minimum:
+        raise MechheadsError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _pair(segments: Segments) -> tuple[str, str]:
+    return "".join(t for t, _ in segments[:-1]), segments[-1][0]
+
+
+# ----- function tasks ----------------------------------------------------------------------------
+def _check_function_task(name: str) -> dict[str, str]:
+    if name not in words.FUNCTION_TASKS:
+        raise MechheadsError(f"unknown function task {name!r}; valid tasks: {list(FUNCTION_TASK_NAMES)}")
+    return words.FUNCTION_TASKS[name]
+
+
+def function_segments(
+    rng: random.Random, name: str, fmt: Format = "icl", n_shots: int = 10, supervise_demos: bool = False
+) -> tuple[Segments, dict]:
+    mapping = _check_function_task(name)
+    if fmt == "icl":
+        n_demo = n_shots
+    elif fmt == "instruction":
+        n_demo = 1
+    else:
+        raise MechheadsError(f"unknown format {fmt!r}; valid formats: ['icl', 'instruction']")
+    if n_demo + 1 > len(mapping):
+        raise MechheadsError(
+            f"n_shots={n_shots} needs {n_demo + 1} distinct words; task {name!r} has {len(mapping)}"
+        )
+    keys = rng.sample(sorted(mapping), n_demo + 1)
+    segs: Segments = [(words.INSTRUCTIONS[name] + "\n", False)] if fmt == "instruction" else []
+    for i, x in enumerate(keys[:-1]):
+        # In-context, the first demonstration's answer cannot be inferred; supervise from the second.
+        sup = supervise_demos and (fmt == "instruction" or i >= 1)
+        segs += [(f"Q: {x}\nA:", False), (f" {mapping[x]}", sup), ("\n\n", False)]
+    q = keys[-1]
+    segs += [(f"Q: {q}\nA:", False), (f" {mapping[q]}", True)]
+    return segs, {"task": name, "format": fmt, "query": q, "answer": mapping[q], "demos": keys[:-1]}
+
+
+def function_task(name: str, fmt: Format = "icl", *, n: int = 100, n_shots: int = 10, seed: int = 0) -> Task:
+    """One of the six in-context function tasks, in the 10-shot or the instruction format.
+
+    Example:
+        >>> task = function_task("country-capital", "icl", n=5, seed=1)
+        >>> task.targets[0]  # doctest: +SKIP
+        ' Paris'
+    """
+    _check_positive("n", n)
+    _check_positive("n_shots", n_shots, 0)
+    rng = random.Random(f"{name}|{fmt}|{n_shots}|{seed}")
+    pairs, metas = [], []
+    for _ in range(n):
+        segs, meta = function_segments(rng, name, fmt, n_shots)
+        pairs.append(_pair(segs))
+        metas.append(meta)
+    return Task(f"{name}/{fmt}", [p for p, _ in pairs], [t for _, t in pairs], meta=pd.DataFrame(metas))
+
+
+# ----- ABA / ABB ---------------------------------------------------------------------------------
+def aba_segments(
+    rng: random.Random, n_examples: int = 3, rule: Rule = "mixed", supervise_examples: bool = False
+) -> tuple[Segments, dict]:
+    if rule not in ("ABA", "ABB", "mixed"):
+        raise MechheadsError(f"unknown rule {rule!r}; valid rules: ['ABA', 'ABB', 'mixed']")
+    r = rng.choice(["ABA", "ABB"]) if rule == "mixed" else rule
+    segs: Segments = []
+    for i in range(n_examples):
+        a, b = rng.sample(words.SYMBOL_WORDS, 2)
+        segs += [(f"{a}^{b}^", False), (a if r == "ABA" else b, supervise_examples and i >= 1), ("\n", False)]
+    c, d = rng.sample(words.SYMBOL_WORDS, 2)
+    answer, alt = (c, d) if r == "ABA" else (d, c)
+    segs += [(f"{c}^{d}^", False), (answer, True)]
+    return segs, {"rule": r, "c": c, "d": d, "answer": answer, "alt": alt, "n_examples": n_examples}
+
+
+def aba_abb_task(n: int = 100, *, n_examples: int = 3, rule: Rule = "mixed", seed: int = 0) -> Task:
+    """Identity-rule task: ``k`` examples ``a^b^a`` (ABA) or ``a^b^b`` (ABB), then query ``c^d^``.
+
+    The target is ``c`` for ABA and ``d`` for ABB; ``alt_targets`` holds the other item.
+    """
+    _check_positive("n", n)
+    _check_positive("n_examples", n_examples)
+    rng = random.Random(f"aba|{n_examples}|{rule}|{seed}")
+    pairs, metas = [], []
+    for _ in range(n):
+        segs, meta = aba_segments(rng, n_examples, rule)
+        pairs.append(_pair(segs))
+        metas.append(meta)
+    meta = pd.DataFrame(metas)
+    return Task(
+        "aba-abb", [p for p, _ in pairs], [t for _, t in pairs], alt_targets=meta["alt"].tolist(), meta=meta
+    )
+
+
+# ----- IOI ---------------------------------------------------------------------------------------
+def ioi_segments(rng: random.Random) -> tuple[Segments, dict]:
+    a, b = rng.sample(words.NAMES, 2)
+    s = rng.choice([a, b])
+    io = b if s == a else a
+    place, obj = rng.choice(words.PLACES), rng.choice(words.OBJECTS)
+    segs: Segments = [
+        (f"When {a} and {b} went to the {place} , {s} gave a {obj} to", False),
+        (f" {io}", True),
+    ]
+    return segs, {"io": io, "s": s, "order": "ABB" if s == b else "ABA", "place": place, "object": obj}
+
+
+def ioi_task(n: int = 100, *, seed: int = 0) -> Task:
+    """IOI-style name mover task; target is the indirect object, ``alt_targets`` the subject."""
+    _check_positive("n", n)
+    rng = random.Random(f"ioi|{seed}")
+    pairs, metas = [], []
+    for _ in range(n):
+        segs, meta = ioi_segments(rng)
+        pairs.append(_pair(segs))
+        metas.append(meta)
+    meta = pd.DataFrame(metas)
+    alts = [f" {s}" for s in meta["s"]]
+    return Task("ioi", [p for p, _ in pairs], [t for _, t in pairs], alt_targets=alts, meta=meta)
+
+
+# ----- induction ---------------------------------------------------------------------------------
+def induction_segments(
+    rng: random.Random, seq_len: int, vocab: list[str] | None = None, prefix_len: int = 0, gap_len: int = 0
+) -> tuple[Segments, dict]:
+    """``[prefix] s [gap] s`` with random words; the target is the repeat after its first word.
+
+    A random prefix and gap move the repeat to varying offsets, so only content-based induction
+    (not a fixed positional offset) predicts it.
+    """
+    vocab = vocab or words.SYMBOL_WORDS
+    if seq_len < 2 or seq_len + prefix_len + gap_len > len(vocab):
+        raise MechheadsError(
+            f"seq_len must be in 2..{len(vocab) - prefix_len - gap_len} (distinct words), got {seq_len}"
+        )
+    drawn = rng.sample(vocab, prefix_len + seq_len + gap_len)
+    prefix, seq, gap = (
+        drawn[:prefix_len],
+        drawn[prefix_len : prefix_len + seq_len],
+        drawn[prefix_len + seq_len :],
+    )
+    first = " ".join([*prefix, *seq, *gap, seq[0]])
+    segs: Segments = [(first, False), (" " + " ".join(seq[1:]), True)]
+    return segs, {"seq_len": seq_len, "prefix_len": prefix_len, "gap_len": gap_len}
+
+
+def induction_task(n: int = 50, *, seq_len: int = 20, seed: int = 0, vocab: list[str] | None = None) -> Task:
+    """Repeated random word sequences: ``w1 … wn w1`` → `` w2 … wn`` (predictable only by induction)."""
+    _check_positive("n", n)
+    rng = random.Random(f"induction|{seq_len}|{seed}")
+    pairs = [_pair(induction_segments(rng, seq_len, vocab)[0]) for _ in range(n)]
+    return Task("induction", [p for p, _ in pairs], [t for _, t in pairs])

@@ -1,0 +1,166 @@
+import json
+import os
+import subprocess
+
+import pytest
+import torch
+from conftest import BACKENDS, TINY, TINY_ATTN, perturbed_state
+from safetensors.torch import load_file
+
+from mechheads import HeadModel, MechheadsError, build_model, wrap, zoo
+from mechheads.arch import ArchConfig, ReferenceTransformer
+from mechheads.model import hook_resid_post, hook_z
+
+
+@pytest.mark.parametrize("cfg", [TINY, TINY_ATTN], ids=["mlp", "attn_only"])
+def test_backend_logits_equal_reference_forward(backend, cfg, tokens):
+    state = perturbed_state(cfg, seed=3)
+    model = build_model(cfg, state, backend=backend)
+    with torch.no_grad():
+        got = model(tokens)
+        want = ReferenceTransformer(cfg, state)(tokens)
+    assert (got - want).abs().max().item() < 1e-5
+
+
+def test_bidirectional_attention_sees_the_future(backend):
+    cfg = ArchConfig(
+        n_layers=1, n_heads=2, d_model=16, d_head=8, d_vocab=20, n_ctx=8, attention_dir="bidirectional"
+    )
+    state = perturbed_state(cfg)
+    model = build_model(cfg, state, backend=backend)
+    a = torch.tensor([[1, 2, 3, 4]])
+    b = torch.tensor([[1, 2, 3, 9]])
+    with torch.no_grad():
+        assert (model(a)[0, 0] - model(b)[0, 0]).abs().max() > 1e-4  # position 0 depends on the last token
+        assert (model(a) - ReferenceTransformer(cfg, state)(a)).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("name", zoo.list_models())
+def test_zoo_checkpoint_reproduces_reference_logits(backend, name):
+    ref = load_file(zoo.model_dir(name) / "reference.safetensors")
+    model = zoo.load(name, backend=backend)
+    with torch.no_grad():
+        got = model(ref["tokens"])
+    assert (got - ref["logits"]).abs().max().item() <= 1e-4
+
+
+@pytest.mark.skipif(len(BACKENDS) < 2, reason="needs both backends in one environment (TransformerLens 3.9)")
+@pytest.mark.parametrize("name", zoo.list_models())
+def test_same_zoo_logits_on_both_backends_in_process(name):
+    ref = load_file(zoo.model_dir(name) / "reference.safetensors")
+    with torch.no_grad():
+        a = zoo.load(name, backend="hooked")(ref["tokens"])
+        b = zoo.load(name, backend="bridge")(ref["tokens"])
+    assert (a - b).abs().max().item() <= 1e-4
+
+
+_OTHER = os.environ.get("MECHHEADS_OTHER_PYTHON")
+
+
+@pytest.mark.skipif(
+    not _OTHER,
+    reason="set MECHHEADS_OTHER_PYTHON to a Python with the other TransformerLens major version (CI does)",
+)
+def test_same_zoo_logits_across_transformer_lens_versions(tmp_path):
+    """Compare against a subprocess running the other TransformerLens major version."""
+    script = (
+        "import json,sys,torch; from mechheads import zoo; from safetensors.torch import load_file, save_file;"
+        "import transformer_lens.model_bridge;"
+        "out={}\n"
+        "for n in zoo.list_models():\n"
+        "    m=zoo.load(n); ref=load_file(zoo.model_dir(n)/'reference.safetensors')\n"
+        "    with torch.no_grad(): out[n]=m(ref['tokens']).contiguous()\n"
+        "    out[n+'|backend']=torch.tensor([m.backend=='hooked'])\n"
+        f"save_file(out, {str(tmp_path / 'other.safetensors')!r})\n"
+    )
+    subprocess.run([_OTHER, "-c", script], check=True, cwd=tmp_path)
+    other = load_file(tmp_path / "other.safetensors")
+    for name in zoo.list_models():
+        model = zoo.load(name)
+        assert bool(other[name + "|backend"]) != (model.backend == "hooked"), (
+            "the other Python must run the other backend"
+        )
+        ref = load_file(zoo.model_dir(name) / "reference.safetensors")
+        with torch.no_grad():
+            here = model(ref["tokens"])
+        assert (here - other[name]).abs().max().item() <= 1e-4
+
+
+def test_dims_and_weights_match_canonical_state(tiny):
+    state = perturbed_state(TINY)
+    c = tiny.cfg
+    assert (c.n_layers, c.n_heads, c.d_head, c.d_model, c.d_vocab, c.n_ctx) == (2, 3, 8, 24, 40, 16)
+    for m in "QKVO":
+        want = torch.stack([state[f"blocks.{l}.attn.W_{m}"] for l in range(2)])
+        assert torch.allclose(getattr(tiny, f"W_{m}").detach(), want, atol=1e-6)
+    assert torch.allclose(tiny.W_U.detach(), state["unembed.W_U"], atol=1e-6)
+
+
+def test_final_residual_is_read_by_hook_and_gives_logits(tiny, tokens):
+    state = perturbed_state(TINY)
+    with torch.no_grad():
+        resid = tiny.final_residual(tokens)
+        ref = ReferenceTransformer(TINY, state)
+        x = resid - resid.mean(-1, keepdim=True)
+        x = x / (x.pow(2).mean(-1, keepdim=True) + 1e-5).sqrt() * state["ln_final.w"] + state["ln_final.b"]
+        assert torch.allclose(x @ state["unembed.W_U"], ref(tokens), atol=1e-4)
+    assert resid.shape == (3, 10, 24)
+
+
+def test_run_with_cache_filters_names(tiny, tokens):
+    logits, cache = tiny.run_with_cache(tokens, names_filter=lambda n: n.endswith("hook_z"))
+    assert sorted(cache) == [hook_z(0), hook_z(1)]
+    assert cache[hook_z(1)].shape == (3, 10, 3, 8)
+    _, cache2 = tiny.run_with_cache(tokens, [hook_resid_post(0)])
+    assert list(cache2) == [hook_resid_post(0)]
+    with torch.no_grad():
+        assert torch.allclose(logits, tiny(tokens), atol=1e-6)
+
+
+def test_unknown_hook_is_rejected_with_valid_names(tiny, tokens):
+    with pytest.raises(MechheadsError, match=r"unknown hook 'blocks\.7\.attn\.hook_z'.*layers are 0\.\.1"):
+        tiny.run_with_hooks(tokens, [("blocks.7.attn.hook_z", lambda z, hook: z)])
+    with pytest.raises(MechheadsError, match="unknown hook"):
+        tiny.run_with_cache(tokens, ["blocks.0.attn.hook_nope"])
+
+
+def test_too_long_or_bad_tokens_are_rejected(tiny):
+    with pytest.raises(MechheadsError, match="longer than the model's context of 16"):
+        tiny(torch.zeros(1, 17, dtype=torch.long))
+    with pytest.raises(MechheadsError, match=r"token ids must lie in 0\.\.39"):
+        tiny(torch.full((1, 3), 40))
+    with pytest.raises(MechheadsError, match=r"shape \[batch, pos\]"):
+        tiny(torch.zeros(3, dtype=torch.long))
+
+
+def test_wrap_accepts_backend_models_and_rejects_others(tiny):
+    assert wrap(tiny) is tiny
+    again = wrap(tiny.tl)
+    assert isinstance(again, HeadModel) and again.backend == tiny.backend
+    with pytest.raises(MechheadsError, match="cannot use an object of type torch.nn.modules.linear.Linear"):
+        wrap(torch.nn.Linear(2, 2))
+    with pytest.raises(MechheadsError, match="cannot use an object of type builtins.str"):
+        wrap("gpt2")
+
+
+def test_unknown_backend_is_rejected():
+    with pytest.raises(
+        MechheadsError, match=r"unknown backend 'jax'; valid backends: \['hooked', 'bridge'\]"
+    ):
+        build_model(TINY, backend="jax")
+
+
+def test_model_without_heads_is_rejected(tiny):
+    class Fake:
+        cfg = type("C", (), dict(n_layers=2, n_heads=0, d_head=8, d_model=24, d_vocab=40, n_ctx=16))()
+        hook_dict: dict = {}
+
+    with pytest.raises(MechheadsError, match="has no attention heads"):
+        HeadModel(Fake(), backend="hooked")
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(MechheadsError, match="d_model must be >= 4"):
+        ArchConfig(n_layers=1, n_heads=1, d_model=2, d_head=2, d_vocab=5, n_ctx=4)
+    with pytest.raises(MechheadsError, match="unknown ArchConfig field"):
+        ArchConfig.from_dict(json.loads('{"n_layers": 1, "wat": 2}'))
