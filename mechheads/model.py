@@ -247,6 +247,33 @@ class HeadModel:
     def __call__(self, tokens: Int[torch.Tensor, "batch pos"]) -> Float[torch.Tensor, "batch pos vocab"]:
         return self.tl(self._check_tokens(tokens))
 
+    @property
+    def reuses_prefix(self) -> bool:
+        """Whether :meth:`forward_from` skips the blocks before its start layer (HookedTransformer only)."""
+        return self.backend == "hooked"
+
+    def forward_from(
+        self,
+        tokens: Int[torch.Tensor, "batch pos"],
+        layer: int,
+        resid_pre: Float[torch.Tensor, "batch pos d_model"] | None = None,
+    ) -> Float[torch.Tensor, "batch pos vocab"]:
+        """Logits of a forward pass in which blocks before ``layer`` are known to be unchanged.
+
+        ``resid_pre`` is the clean ``blocks.{layer}.hook_resid_pre`` for these tokens. On
+        HookedTransformer the pass starts at ``layer`` from it (``start_at_layer``) and the earlier
+        blocks are not recomputed; the bridge has no such entry point that saves work (4.x still
+        runs every block, 3.9 refuses), so there the full forward runs on ``tokens``. Hooks on
+        layers before ``layer`` do not fire on the hooked path.
+        """
+        if self.reuses_prefix and resid_pre is not None and layer > 0:
+            if resid_pre.shape[:2] != tokens.shape:
+                raise MechheadsError(
+                    f"resid_pre has shape {tuple(resid_pre.shape)}, tokens {tuple(tokens.shape)}"
+                )
+            return self.tl(resid_pre, start_at_layer=layer)
+        return self(tokens)
+
     def final_residual(
         self, tokens: Int[torch.Tensor, "batch pos"]
     ) -> Float[torch.Tensor, "batch pos d_model"]:

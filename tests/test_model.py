@@ -164,3 +164,27 @@ def test_config_rejects_bad_values():
         ArchConfig(n_layers=1, n_heads=1, d_model=2, d_head=2, d_vocab=5, n_ctx=4)
     with pytest.raises(MechheadsError, match="unknown ArchConfig field"):
         ArchConfig.from_dict(json.loads('{"n_layers": 1, "wat": 2}'))
+
+
+def test_wrap_accepts_a_hooked_encoder():
+    tl = pytest.importorskip("transformer_lens", reason="needs TransformerLens")
+    try:
+        from transformer_lens import HookedEncoder, HookedTransformerConfig
+    except ImportError:
+        pytest.skip("HookedEncoder exists only in TransformerLens 3.x (4.x uses TransformerBridge for BERT)")
+    cfg = HookedTransformerConfig(
+        n_layers=1,
+        d_model=16,
+        n_ctx=8,
+        d_head=4,
+        n_heads=4,
+        d_vocab=30,
+        d_mlp=32,
+        act_fn="gelu",
+        attention_dir="bidirectional",
+    )
+    enc = wrap(HookedEncoder(cfg))
+    assert enc.backend == "hooked" and enc.cfg.attention_dir == "bidirectional" and tl is not None
+    tokens = torch.randint(0, 30, (2, 6))
+    _, cache = enc.run_with_cache(tokens, [hook_z(0)])
+    assert cache[hook_z(0)].shape == (2, 6, 4, 4)

@@ -41,6 +41,30 @@ class TokenBatch:
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
+    @classmethod
+    def from_tokens(cls, tokens: Int[torch.Tensor, "batch pos"], n_target: int = 1) -> TokenBatch:
+        """A batch from raw token ids whose last ``n_target`` tokens of every row are the target."""
+        if tokens.ndim != 2 or not 1 <= n_target < tokens.shape[1]:
+            raise MechheadsError(
+                f"need tokens [batch, pos] with 1 <= n_target < pos, got {tuple(tokens.shape)}, {n_target}"
+            )
+        B, T = tokens.shape
+        labels = torch.cat([tokens[:, 1:], tokens[:, -1:]], 1)
+        mask = torch.zeros(B, T, dtype=torch.bool, device=tokens.device)
+        mask[:, T - 1 - n_target : T - 1] = True
+        p = torch.full((B,), T - n_target, device=tokens.device)
+        return cls(
+            tokens,
+            labels,
+            mask,
+            p - 1,
+            tokens[:, T - n_target],
+            p,
+            torch.full((B,), T, device=tokens.device),
+            None,
+            torch.full((B,), n_target, device=tokens.device),
+        )
+
     def to(self, device) -> TokenBatch:
         moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
         return TokenBatch(**moved)

@@ -94,7 +94,8 @@ word-level vocabulary of {arch["d_vocab"]} tokens, pre-LayerNorm, learned positi
 {n_params:,} parameters. Loads on HookedTransformer (TransformerLens 3.x) and TransformerBridge (4.x).
 
 ## Training
-`{tr["command"]}` — {tr["steps"]} AdamW steps, batch {tr["batch_size"]}, peak lr {tr["lr"]}, seed {tr["seed"]}, \
+`{tr["command"]}` — {tr["steps"]} AdamW steps, batch {tr["batch_size"]}, peak lr {tr["lr"]} \
+({tr.get("schedule", "cosine")} schedule, weight decay {tr.get("weight_decay", 0.01)}), seed {tr["seed"]}, \
 data mixture {tr["mixture"]}; final training loss {tr["final_train_loss"]}; {tr["seconds"]} s on 2 CPU cores \
 (torch {tr["torch"]}). Deterministic for a given seed on a given machine.
 

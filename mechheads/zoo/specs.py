@@ -19,6 +19,7 @@ class ZooSpec:
     lr: float = 1e-3
     warmup: int = 100
     weight_decay: float = 0.01
+    schedule: str = "cosine"  # "cosine" (decay to 5% of peak) or "constant", both after linear warmup
     seed: int = 0
     eval_n: int = 200
     extra: dict = field(default_factory=dict)
@@ -38,9 +39,12 @@ SPECS: dict[str, ZooSpec] = {
         ),
         arch=dict(n_layers=2, n_heads=4, d_model=64, d_head=16, d_mlp=0, n_ctx=64),
         mixture={"induction": 1.0},
-        steps=1500,
+        # Induction forms after a plateau (~2,000 steps here): constant lr, no weight decay.
+        steps=4000,
         batch_size=32,
-        lr=2e-3,
+        lr=3e-3,
+        weight_decay=0.0,
+        schedule="constant",
     ),
     "tasks-4l": ZooSpec(
         name="tasks-4l",

@@ -49,7 +49,13 @@ def sample_segments(rng: random.Random, kind: str, n_ctx: int) -> gen.Segments:
         return gen.induction_segments(
             rng, n, prefix_len=prefix, gap_len=rng.randint(0, min(10, room - prefix))
         )[0]
-    raise MechheadsError(f"unknown data kind {kind!r}; valid: icl, instruction, aba, ioi, induction")
+    if kind == "skip":
+        return gen.skip_segments(rng, rng.randint(4, (n_ctx - 1) // 3), gen.skip_table())[0]
+    if kind == "copy":
+        return gen.copy_segments(rng, rng.randint(24, n_ctx - 1))[0]
+    raise MechheadsError(
+        f"unknown data kind {kind!r}; valid: icl, instruction, aba, ioi, induction, copy, skip"
+    )
 
 
 def encode_segments(tok: WordTokenizer, segments: gen.Segments) -> tuple[list[int], list[bool]]:
@@ -90,6 +96,8 @@ def train_reference(spec: ZooSpec, steps: int | None = None, seed: int | None = 
     def lr_at(step: int) -> float:
         if step < spec.warmup:
             return (step + 1) / spec.warmup
+        if spec.schedule == "constant":
+            return 1.0
         frac = (step - spec.warmup) / max(1, steps - spec.warmup)
         return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac))
 
@@ -152,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             "seed": spec.seed if args.seed is None else args.seed,
             "batch_size": spec.batch_size,
             "lr": spec.lr,
+            "schedule": spec.schedule,
+            "weight_decay": spec.weight_decay,
             "mixture": spec.mixture,
             "final_train_loss": round(loss, 4),
             "seconds": round(seconds),

@@ -1,0 +1,92 @@
+"""Agreement of cheap head-importance estimators with exact sweeps, on the zoo models.
+
+* attribution patching vs the exact activation-patching sweep (each head's clean ``z`` patched
+  into the corrupted run, one forward per head in the batched engine) — target Spearman ≥ 0.9;
+* gradient importance vs the exact zero-ablation sweep (the review's comparison: Spearman 0.28,
+  top-10 overlap 3–4 on BERT).
+
+Clean/corrupted pairs have equal token lengths so positions align:
+* induction-2l: a repeated sequence vs the same prompt with its first half replaced by fresh words;
+* tasks-4l: IOI prompts vs the same prompts with both names replaced by two other names.
+
+    python benchmarks/bench_estimators.py
+"""
+
+from __future__ import annotations
+
+import random
+
+import pandas as pd
+import torch
+
+from mechheads import Task, zoo
+from mechheads.ablation import Ablation, sweep_heads
+from mechheads.attribution import attribution_patching, gradient_importance, rank_agreement
+from mechheads.tasks import induction_task, ioi_task
+from mechheads.tasks.words import NAMES, SYMBOL_WORDS
+
+
+def induction_pair(n=40, seq_len=12, seed=0):
+    clean = induction_task(n, seq_len=seq_len, seed=seed)
+    rng = random.Random(seed + 1)
+    prompts = []
+    for p in clean.prompts:
+        w = p.split()
+        fresh = rng.sample([x for x in SYMBOL_WORDS if x not in w], seq_len)
+        prompts.append(" ".join(fresh + w[seq_len:]))
+    return clean, Task("induction-corrupted", prompts, clean.targets)
+
+
+def ioi_pair(n=60, seed=0):
+    clean = ioi_task(n, seed=seed)
+    rng = random.Random(seed + 1)
+    prompts = []
+    for p, io, s in zip(clean.prompts, clean.meta.io, clean.meta.s, strict=True):
+        a, b = rng.sample([x for x in NAMES if x not in (io, s)], 2)
+        prompts.append(p.replace(io, "\0").replace(s, a).replace("\0", b))
+    return clean, Task("ioi-corrupted", prompts, clean.targets, alt_targets=clean.alt_targets)
+
+
+def main():
+    torch.set_num_threads(2)
+    rows = []
+    for name, (clean, corrupt), metric in [
+        ("induction-2l", induction_pair(), "first_logprob"),
+        ("tasks-4l", ioi_pair(), "logit_diff"),
+    ]:
+        model = zoo.load(name)
+        exact_patch = sweep_heads(
+            model, corrupt, Ablation.resample(model, clean), metric=metric, progress=False
+        ).table
+        exact_patch["importance"] = exact_patch.delta  # patched - corrupted, as attribution estimates it
+        attr = attribution_patching(model, clean, corrupt, metric=metric)
+        attr["importance"] = attr.estimate
+        a = rank_agreement(attr, exact_patch, k=min(10, len(attr) // 2))
+        rows.append(
+            dict(
+                model=name,
+                estimator="attribution patching",
+                reference="exact patching sweep",
+                metric=metric,
+                **a,
+            )
+        )
+        zero = sweep_heads(model, clean, "zero", metric=metric, progress=False).table
+        grad = gradient_importance(model, clean, metric=metric)
+        g = rank_agreement(grad, zero, k=min(10, len(grad) // 2))
+        rows.append(
+            dict(
+                model=name,
+                estimator="|gradient| at gate 1",
+                reference="zero-ablation sweep",
+                metric=metric,
+                **g,
+            )
+        )
+    df = pd.DataFrame(rows)
+    with pd.option_context("display.width", 160, "display.precision", 3):
+        print(df.to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,556 @@
+"""Head ablation: zero, mean, resample and α-scaling, and fast batched sweeps over heads.
+
+Method (seed review §6–§8): replace a head's output ``z`` (before ``W_O``) with zeros, with its
+mean over a reference data set (per position or position-agnostic), with its value on other
+prompts (resampling), or scale it by α — then measure a task metric.
+
+Engine: every analysis here reduces to *evaluate a metric under K head masks*. The batch is
+repeated K times (copy-major) and copy k ablates the heads of mask k, so one forward serves many
+ablations; a row cap (``max_rows``) bounds the expansion, so peak memory does not grow with the
+number of heads swept. Masks are grouped by their first ablated layer, and on HookedTransformer
+the pass starts there from the cached clean residual (layers before it are identical to the
+clean run). Values stay on the device until a chunk is done: no host sync per head.
+
+Example:
+    >>> from mechheads import zoo
+    >>> from mechheads.tasks import induction_task
+    >>> model = zoo.load("induction-2l")
+    >>> res = sweep_heads(model, induction_task(20), "zero", metric="nll")
+    >>> res.to_array("importance")          # [layer, head]          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Bool
+from tqdm.auto import tqdm
+
+from mechheads.errors import MechheadsError
+from mechheads.heads import Head, HeadsLike, all_heads, heads_to_mask, parse_heads
+from mechheads.hooks import Positions, position_mask
+from mechheads.model import HeadModel, hook_resid_pre, hook_z
+from mechheads.tasks.core import Task, TokenBatch
+from mechheads.tasks.metrics import HIGHER_IS_BETTER, METRICS, Metric, get_metric
+
+Method = Literal["zero", "mean", "resample", "scale"]
+METHODS = ("zero", "mean", "resample", "scale")
+
+
+def as_batch(model: HeadModel, data: Task | TokenBatch) -> TokenBatch:
+    if isinstance(data, Task):
+        return data.batch(model)
+    if isinstance(data, TokenBatch):
+        return data.to(model.device)
+    raise MechheadsError(f"expected a Task or a TokenBatch, got {type(data).__name__}")
+
+
+@dataclass
+class Ablation:
+    """What replaces an ablated head's ``z``. Build with :meth:`zero`, :meth:`scale`, :meth:`mean`
+    or :meth:`resample`.
+
+    ``values`` holds, per layer, the mean ``z`` ([head, d_head], or [pos, head, d_head] per
+    position) or the resampled source ``z`` ([batch, pos, head, d_head]).
+    """
+
+    method: Method
+    alpha: float = 0.0
+    values: dict[int, torch.Tensor] | None = None
+    per_position: bool = False
+
+    @property
+    def label(self) -> str:
+        if self.method == "scale":
+            return f"scale({self.alpha:g})"
+        if self.method == "mean" and self.per_position:
+            return "mean(per-position)"
+        return self.method
+
+    @classmethod
+    def zero(cls) -> Ablation:
+        return cls("zero")
+
+    @classmethod
+    def scale(cls, alpha: float) -> Ablation:
+        if not isinstance(alpha, (int, float)) or not np.isfinite(alpha):
+            raise MechheadsError(f"alpha must be a finite number, got {alpha!r}")
+        return cls("scale", alpha=float(alpha))
+
+    @classmethod
+    @torch.no_grad()
+    def mean(cls, model: HeadModel, reference: Task | TokenBatch, per_position: bool = False) -> Ablation:
+        """Mean ``z`` of every head over ``reference`` (its non-padding positions)."""
+        batch = as_batch(model, reference)
+        _, cache = model.run_with_cache(batch.tokens, [hook_z(layer) for layer in range(model.cfg.n_layers)])
+        T = batch.tokens.shape[1]
+        valid = (torch.arange(T, device=batch.tokens.device)[None] < batch.lengths[:, None]).float()  # [B, T]
+        values = {}
+        for layer in range(model.cfg.n_layers):
+            z = cache[hook_z(layer)]
+            w = valid[:, :, None, None]
+            if per_position:
+                values[layer] = (z * w).sum(0) / w.sum(0).clamp(min=1)  # [T, H, dh]
+            else:
+                values[layer] = (z * w).sum((0, 1)) / w.sum()  # [H, dh]
+        return cls("mean", values=values, per_position=per_position)
+
+    @classmethod
+    @torch.no_grad()
+    def resample(
+        cls,
+        model: HeadModel,
+        source: Task | TokenBatch | torch.Tensor | None = None,
+        *,
+        batch=None,
+        seed: int = 0,
+    ) -> Ablation:
+        """``z`` from another run: ``source`` prompts (same [batch, pos] shape as the evaluated
+        batch, e.g. a corrupted batch), or, with ``batch=`` and no source, the batch's own prompts
+        shuffled so that no prompt receives its own activations."""
+        if source is None:
+            if batch is None:
+                raise MechheadsError(
+                    "resample needs a source (Task, TokenBatch or tokens) or batch= to shuffle"
+                )
+            b = as_batch(model, batch)
+            n = len(b)
+            if n < 2:
+                raise MechheadsError("resampling within a batch needs at least 2 prompts")
+            g = torch.Generator().manual_seed(seed)
+            perm = (torch.arange(n) + torch.randint(1, n, (1,), generator=g)) % n  # a derangement
+            tokens = b.tokens[perm.to(b.tokens.device)]
+        elif isinstance(source, torch.Tensor):
+            tokens = source.to(model.device)
+        else:
+            tokens = as_batch(model, source).tokens
+        _, cache = model.run_with_cache(tokens, [hook_z(layer) for layer in range(model.cfg.n_layers)])
+        return cls("resample", values={layer: cache[hook_z(layer)] for layer in range(model.cfg.n_layers)})
+
+    def check_fits(self, tokens: torch.Tensor) -> None:
+        if self.method == "resample":
+            src = self.values[0].shape[:2]
+            if tuple(src) != tuple(tokens.shape):
+                raise MechheadsError(
+                    f"resample source has shape [batch, pos] = {list(src)} but the evaluated batch has "
+                    f"{list(tokens.shape)}: the source must pair up with the batch prompt by prompt"
+                )
+        if self.method == "mean" and self.per_position and self.values[0].shape[0] < tokens.shape[1]:
+            raise MechheadsError(
+                f"per-position mean covers {self.values[0].shape[0]} positions, the batch has {tokens.shape[1]}"
+            )
+
+    def new_z(self, layer: int, z: torch.Tensor, n_copies: int) -> torch.Tensor:
+        """The replacement for every head of ``layer`` given the current ``z`` [N, pos, head, d_head]."""
+        if self.method == "zero":
+            return torch.zeros_like(z)
+        if self.method == "scale":
+            return z * self.alpha
+        v = self.values[layer].to(z.device, z.dtype)
+        if self.method == "mean":
+            v = v[: z.shape[1]] if self.per_position else v
+            return v.expand_as(z)
+        return v.repeat(n_copies, 1, 1, 1)
+
+
+def as_ablation(method: Method | Ablation, alpha: float | None = None) -> Ablation:
+    if isinstance(method, Ablation):
+        return method
+    if method == "zero":
+        return Ablation.zero()
+    if method == "scale":
+        if alpha is None:
+            raise MechheadsError("scale ablation needs alpha=..., e.g. alpha=0.5")
+        return Ablation.scale(alpha)
+    if method == "mean":
+        raise MechheadsError("mean ablation needs reference data: pass Ablation.mean(model, reference_task)")
+    if method == "resample":
+        raise MechheadsError(
+            "resample ablation needs a source: pass Ablation.resample(model, source) or Ablation.resample(model, batch=...)"
+        )
+    raise MechheadsError(f"unknown ablation method {method!r}; valid methods: {list(METHODS)} or an Ablation")
+
+
+# ----- the engine --------------------------------------------------------------------------------
+def _metric_values(metric_fn: Metric, logits: torch.Tensor, batch: TokenBatch, k: int) -> torch.Tensor:
+    """One metric value per copy, from logits of the batch repeated ``k`` times."""
+    B = len(batch)
+    if metric_fn in METRICS.values():
+        return metric_fn(logits, batch.repeat(k), reduce="none").view(k, B).mean(1)
+    out = []
+    for i in range(k):
+        v = metric_fn(logits[i * B : (i + 1) * B], batch)
+        if not isinstance(v, torch.Tensor) or v.numel() != 1:
+            raise MechheadsError(
+                f"the metric must return a scalar tensor, got {getattr(v, 'shape', type(v).__name__)}"
+            )
+        out.append(v.reshape(()).float())
+    return torch.stack(out)
+
+
+def metric_value(model: HeadModel, batch: TokenBatch, metric: str | Metric) -> float:
+    """The metric on the clean (unablated) model."""
+    with torch.no_grad():
+        v = _metric_values(get_metric(metric), model(batch.tokens), batch, 1)[0].item()
+    if not np.isfinite(v):
+        raise MechheadsError(f"the metric is {v} on the clean model: it must be finite")
+    return v
+
+
+def _fingerprint(model: HeadModel, batch: TokenBatch, masks, ablation: Ablation, metric, extra) -> str:
+    h = hashlib.sha256()
+    h.update(
+        repr(
+            (model.name, model.cfg, ablation.label, getattr(metric, "__name__", str(metric)), extra)
+        ).encode()
+    )
+    for t in (batch.tokens, masks):
+        h.update(t.cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _load_checkpoint(path: Path, fingerprint: str) -> dict[int, float]:
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    if data.get("fingerprint") != fingerprint:
+        raise MechheadsError(
+            f"checkpoint {str(path)!r} belongs to a different sweep (model, data, masks, method or metric differ); "
+            "delete it or pass another checkpoint path"
+        )
+    return {int(k): float(v) for k, v in data["values"].items()}
+
+
+def _save_checkpoint(path: Path, fingerprint: str, values: dict[int, float]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps({"fingerprint": fingerprint, "values": values}))
+    os.replace(tmp, path)  # atomic: an interrupt never leaves a half-written file
+
+
+def evaluate_masks(
+    model: HeadModel,
+    batch: TokenBatch,
+    masks: Bool[torch.Tensor, "k layer head"],
+    ablation: Ablation,
+    metric: str | Metric = "nll",
+    *,
+    positions: Positions = None,
+    copy_positions: Bool[torch.Tensor, "k pos"] | None = None,
+    max_rows: int = 512,
+    progress: bool = False,
+    desc: str = "ablating",
+    checkpoint: str | Path | None = None,
+) -> torch.Tensor:
+    """Metric value under each of K head masks (True = ablated), computed K copies at a time.
+
+    Args:
+        masks: [K, layer, head] booleans; an all-False mask is the clean model.
+        positions: positions (in any form :mod:`mechheads.hooks` accepts) where ablation applies.
+        copy_positions: optional [K, pos] booleans: mask k ablates only at those positions.
+        max_rows: cap on batch rows per forward (K copies × batch); bounds peak memory.
+        checkpoint: file to store finished values in; an interrupted call resumes from it.
+
+    Returns:
+        A float tensor [K] on the CPU.
+    """
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    if masks.ndim != 3 or tuple(masks.shape[1:]) != (L, H):
+        raise MechheadsError(f"masks must be [K, {L}, {H}], got {tuple(masks.shape)}")
+    if not isinstance(max_rows, int) or max_rows < 1:
+        raise MechheadsError(f"max_rows must be a positive integer, got {max_rows!r}")
+    masks = masks.bool().to(model.device)
+    K, B, T = masks.shape[0], len(batch), batch.tokens.shape[1]
+    ablation.check_fits(batch.tokens)
+    if copy_positions is not None and tuple(copy_positions.shape) != (K, T):
+        raise MechheadsError(f"copy_positions must be [{K}, {T}], got {tuple(copy_positions.shape)}")
+    metric_fn = get_metric(metric)
+    shared_pos = position_mask(positions, B, T, model.device)
+
+    path = Path(checkpoint) if checkpoint is not None else None
+    fp = (
+        _fingerprint(
+            model,
+            batch,
+            masks,
+            ablation,
+            metric,
+            (
+                positions if not isinstance(positions, torch.Tensor) else positions.tolist(),
+                None if copy_positions is None else copy_positions.sum().item(),
+            ),
+        )
+        if path
+        else ""
+    )
+    done = _load_checkpoint(path, fp) if path else {}
+
+    # first ablated layer of each mask (L for the clean mask); sort so chunks share a start layer
+    touched = masks.any(-1)  # [K, L]
+    first = torch.where(
+        touched.any(-1), touched.float().argmax(-1), torch.full((K,), L, device=masks.device)
+    ).tolist()
+    order = sorted((i for i in range(K) if i not in done), key=lambda i: (first[i], i))
+    per_chunk = max(1, max_rows // B)
+    chunks = [order[i : i + per_chunk] for i in range(0, len(order), per_chunk)]
+
+    resid = None
+    if model.reuses_prefix and any(f < L for f in first):
+        layers = sorted({f for f in first if 0 < f < L})
+        if layers:
+            with torch.no_grad():
+                _, cache = model.run_with_cache(batch.tokens, [hook_resid_pre(layer) for layer in layers])
+            resid = cache
+
+    values = dict(done)
+    bar = tqdm(total=K, initial=len(done), desc=desc, disable=not progress, leave=False)
+    try:
+        for chunk in chunks:
+            vals = _run_chunk(
+                model,
+                batch,
+                masks[chunk],
+                ablation,
+                metric_fn,
+                shared_pos,
+                None if copy_positions is None else copy_positions[chunk].to(model.device),
+                resid,
+                min(first[i] for i in chunk),
+            )
+            for i, v in zip(chunk, vals.tolist(), strict=True):
+                values[i] = v
+            if path:
+                _save_checkpoint(path, fp, values)
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+    out = torch.tensor([values[i] for i in range(K)], dtype=torch.float64)
+    bad = (~torch.isfinite(out)).nonzero().flatten().tolist()
+    if bad:
+        raise MechheadsError(
+            f"the metric is not finite under {len(bad)} mask(s), first at index {bad[0]}: {out[bad[0]].item()}"
+        )
+    return out
+
+
+def _run_chunk(model, batch, masks, ablation, metric_fn, shared_pos, copy_pos, resid, start) -> torch.Tensor:
+    k, B = masks.shape[0], len(batch)
+    N = k * B
+    pos_mask = None
+    if shared_pos is not None:
+        pos_mask = shared_pos.repeat(k, 1)
+    if copy_pos is not None:
+        cp = copy_pos.repeat_interleave(B, 0)
+        pos_mask = cp if pos_mask is None else pos_mask & cp
+    hooks = []
+    for layer in range(model.cfg.n_layers):
+        sel = masks[:, layer, :]
+        if not bool(sel.any()):
+            continue
+        rows = sel.repeat_interleave(B, 0)  # [N, H]
+
+        def fn(z, hook, layer=layer, rows=rows):
+            m = rows[:, None, :, None]
+            if pos_mask is not None:
+                m = m & pos_mask[:, :, None, None]
+            return torch.where(m, ablation.new_z(layer, z, k), z)
+
+        hooks.append((hook_z(layer), fn))
+    tokens = batch.tokens.repeat(k, 1)
+    r = None
+    if resid is not None and 0 < start < model.cfg.n_layers:
+        r = resid[hook_resid_pre(start)].repeat(k, 1, 1)
+    with torch.no_grad(), model.hooks(hooks):
+        logits = model.forward_from(tokens, start, r) if r is not None else model(tokens)
+    assert logits.shape[0] == N
+    return _metric_values(metric_fn, logits, batch, k).detach().cpu().double()
+
+
+def evaluate_masks_naive(
+    model, batch, masks, ablation, metric="nll", *, positions: Positions = None
+) -> torch.Tensor:
+    """Reference implementation: one plain forward per mask. Slow and obviously correct."""
+    metric_fn = get_metric(metric)
+    out = []
+    for mask in masks.bool():
+        hooks = []
+        for layer in range(model.cfg.n_layers):
+            idx = mask[layer].nonzero().flatten().tolist()
+            if not idx:
+                continue
+
+            def fn(z, hook, layer=layer, idx=idx):
+                z = z.clone()
+                new = ablation.new_z(layer, z, 1)
+                pm = position_mask(positions, z.shape[0], z.shape[1], z.device)
+                for h in idx:
+                    z[:, :, h] = (
+                        new[:, :, h] if pm is None else torch.where(pm[..., None], new[:, :, h], z[:, :, h])
+                    )
+                return z
+
+            hooks.append((hook_z(layer), fn))
+        with torch.no_grad(), model.hooks(hooks):
+            out.append(_metric_values(metric_fn, model(batch.tokens), batch, 1)[0].item())
+    return torch.tensor(out, dtype=torch.float64)
+
+
+# ----- results -----------------------------------------------------------------------------------
+def _orientation(metric: str | Metric, higher_is_better: bool | None) -> bool:
+    if higher_is_better is not None:
+        return higher_is_better
+    if isinstance(metric, str):
+        return HIGHER_IS_BETTER[metric]
+    raise MechheadsError("for a metric callable, say higher_is_better=True or False")
+
+
+def metric_name(metric: str | Metric) -> str:
+    return metric if isinstance(metric, str) else getattr(metric, "__name__", "custom")
+
+
+@dataclass
+class AblationResult:
+    """Tidy results of an ablation sweep.
+
+    ``table`` has one row per (head, position): layer, head, position (−1 = all positions),
+    method, metric, baseline, value, delta (= value − baseline), rel_delta (= delta / |baseline|)
+    and importance (the damage: positive where ablating the head makes the metric worse,
+    negative for interfering heads whose ablation improves it).
+    """
+
+    table: pd.DataFrame
+    metric: str
+    method: str
+    baseline: float
+    higher_is_better: bool
+
+    def to_array(self, column: str = "importance", position: int = -1) -> np.ndarray:
+        """Pivot ``column`` to a [layer, head] array (for one position of a per-position sweep)."""
+        if column not in self.table.columns:
+            raise MechheadsError(f"unknown column {column!r}; columns: {list(self.table.columns)}")
+        df = self.table[self.table.position == position]
+        if df.empty:
+            raise MechheadsError(
+                f"no rows at position {position}; positions present: {sorted(self.table.position.unique())}"
+            )
+        L, H = int(self.table.layer.max()) + 1, int(self.table["head"].max()) + 1
+        arr = np.full((L, H), np.nan)
+        arr[df.layer.to_numpy(), df["head"].to_numpy()] = df[column].to_numpy()
+        return arr
+
+    def ranking(self) -> list[Head]:
+        """Heads by importance, most important first (position −1 rows)."""
+        df = self.table[self.table.position == -1].sort_values(
+            ["importance", "layer", "head"], ascending=[False, True, True]
+        )
+        return [Head(int(r.layer), int(r.head)) for r in df.itertuples()]
+
+    def interfering(self, tol: float = 0.0) -> pd.DataFrame:
+        """Rows where ablation *improves* the metric by more than ``tol`` (negative importance)."""
+        return self.table[self.table.importance < -tol].sort_values("importance")
+
+
+def _result_table(rows, values, baseline, method, metric, hib) -> pd.DataFrame:
+    df = pd.DataFrame(rows)
+    df["method"] = method
+    df["metric"] = metric
+    df["baseline"] = baseline
+    df["value"] = np.asarray(values, dtype=float)
+    df["delta"] = df.value - baseline
+    df["rel_delta"] = df.delta / abs(baseline) if baseline != 0 else np.nan
+    df["importance"] = -df.delta if hib else df.delta
+    return df
+
+
+def sweep_heads(
+    model: HeadModel,
+    task: Task | TokenBatch,
+    ablation: Method | Ablation = "zero",
+    *,
+    metric: str | Metric = "nll",
+    heads: HeadsLike | None = None,
+    positions: Positions = None,
+    per_position: bool = False,
+    alpha: float | None = None,
+    higher_is_better: bool | None = None,
+    max_rows: int = 512,
+    progress: bool = True,
+    checkpoint: str | Path | None = None,
+) -> AblationResult:
+    """Ablate each head alone (or each (head, position) with ``per_position=True``) and measure.
+
+    Args:
+        ablation: ``"zero"``, ``"scale"`` (with ``alpha``) or an :class:`Ablation`
+            (``Ablation.mean(model, ref)``, ``Ablation.resample(model, source)``).
+        metric: a metric name from :data:`mechheads.tasks.METRICS` or a callable (logits, batch) -> scalar.
+        heads: heads to sweep (default: all).
+        positions: restrict every ablation to these positions.
+        per_position: sweep every (head, position) pair instead (position = absolute index).
+        checkpoint: a file for partial results; rerunning after an interrupt resumes from it.
+    """
+    abl = as_ablation(ablation, alpha)
+    batch = as_batch(model, task)
+    hs = parse_heads(heads, model) if heads is not None else all_heads(model)
+    hib = _orientation(metric, higher_is_better)
+    baseline = metric_value(model, batch, metric)
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    single = torch.stack([heads_to_mask([h], n_layers=L, n_heads=H) for h in hs])
+    if per_position:
+        T = batch.tokens.shape[1]
+        masks = single.repeat_interleave(T, 0)
+        copy_pos = torch.eye(T, dtype=torch.bool).repeat(len(hs), 1)
+        rows = [dict(layer=h.layer, head=h.head, position=p) for h in hs for p in range(T)]
+    else:
+        masks, copy_pos = single, None
+        rows = [dict(layer=h.layer, head=h.head, position=-1) for h in hs]
+    values = evaluate_masks(
+        model,
+        batch,
+        masks,
+        abl,
+        metric,
+        positions=positions,
+        copy_positions=copy_pos,
+        max_rows=max_rows,
+        progress=progress,
+        desc=f"{abl.label} sweep",
+        checkpoint=checkpoint,
+    )
+    table = _result_table(rows, values.numpy(), baseline, abl.label, metric_name(metric), hib)
+    return AblationResult(table, metric_name(metric), abl.label, baseline, hib)
+
+
+def sweep_heads_naive(
+    model: HeadModel,
+    task: Task | TokenBatch,
+    ablation: Method | Ablation = "zero",
+    *,
+    metric: str | Metric = "nll",
+    heads: HeadsLike | None = None,
+    positions: Positions = None,
+    alpha: float | None = None,
+) -> pd.DataFrame:
+    """One forward per head, for checking :func:`sweep_heads`: columns layer, head, value."""
+    abl = as_ablation(ablation, alpha)
+    batch = as_batch(model, task)
+    hs = parse_heads(heads, model) if heads is not None else all_heads(model)
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    masks = torch.stack([heads_to_mask([h], n_layers=L, n_heads=H) for h in hs])
+    vals = evaluate_masks_naive(model, batch, masks, abl, metric, positions=positions)
+    return pd.DataFrame(dict(layer=[h.layer for h in hs], head=[h.head for h in hs], value=vals.numpy()))
+
+
+def masks_from_head_sets(model: HeadModel, head_sets: Sequence[Sequence[Head]]) -> torch.Tensor:
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    return torch.stack([heads_to_mask(list(s), n_layers=L, n_heads=H) for s in head_sets])
+
+
+MetricLike = str | Callable[..., torch.Tensor]

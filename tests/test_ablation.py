@@ -1,0 +1,209 @@
+import numpy as np
+import pytest
+import torch
+from conftest import TINY
+
+from mechheads import MechheadsError, scale_heads, zoo
+from mechheads.ablation import (
+    Ablation,
+    evaluate_masks,
+    evaluate_masks_naive,
+    sweep_heads,
+    sweep_heads_naive,
+)
+from mechheads.tasks import induction_task
+from mechheads.tasks.core import tokenize_pairs
+from mechheads.tokenizer import WordTokenizer
+
+WORDS = [f"w{i}" for i in range(TINY.d_vocab - 2)]
+
+
+def tiny_batch(n=4, seed=0):
+    """Prompts of equal length for the tiny model (its vocabulary: <bos>, <pad>, w0..w37)."""
+    g = torch.Generator().manual_seed(seed)
+    tok = WordTokenizer(WORDS)
+    prompts = [" ".join(WORDS[i] for i in torch.randint(0, 38, (7,), generator=g).tolist()) for _ in range(n)]
+    targets = [" " + WORDS[i] + " " + WORDS[j] for i, j in torch.randint(0, 38, (n, 2), generator=g).tolist()]
+    return tokenize_pairs(tok, prompts, targets, targets[::-1], n_ctx=TINY.n_ctx)
+
+
+@pytest.fixture
+def batch():
+    return tiny_batch()
+
+
+def _ablations(model, batch):
+    return [
+        Ablation.zero(),
+        Ablation.scale(0.5),
+        Ablation.mean(model, tiny_batch(6, seed=1)),
+        Ablation.mean(model, tiny_batch(6, seed=1), per_position=True),
+        Ablation.resample(model, tiny_batch(4, seed=2).tokens),
+        Ablation.resample(model, batch=batch, seed=3),
+    ]
+
+
+@pytest.mark.parametrize("metric", ["nll", "logit_diff", "accuracy"])
+def test_fast_sweep_equals_one_forward_per_head(tiny, batch, metric):
+    """The batched, prefix-reusing sweep equals the naive loop for every method."""
+    for abl in _ablations(tiny, batch):
+        fast = sweep_heads(tiny, batch, abl, metric=metric, max_rows=8, progress=False)
+        slow = sweep_heads_naive(tiny, batch, abl, metric=metric)
+        assert np.abs(fast.table.value.to_numpy() - slow.value.to_numpy()).max() <= 1e-5, abl.label
+
+
+def test_fast_masks_equal_naive_for_multi_head_masks_and_positions(tiny, batch):
+    g = torch.Generator().manual_seed(4)
+    masks = torch.rand(9, 2, 3, generator=g) < 0.4
+    masks[0] = False  # the clean model
+    for positions in (None, [-1, 2], batch.answer_pos):
+        fast = evaluate_masks(tiny, batch, masks, Ablation.zero(), "nll", positions=positions, max_rows=5)
+        slow = evaluate_masks_naive(tiny, batch, masks, Ablation.zero(), "nll", positions=positions)
+        assert (fast - slow).abs().max() <= 1e-5
+
+
+def test_row_cap_does_not_change_results(tiny, batch):
+    masks = torch.stack([torch.zeros(2, 3, dtype=torch.bool)] * 3)
+    masks[1, 0, 0] = masks[2, 1, 2] = True
+    a = evaluate_masks(tiny, batch, masks, Ablation.zero(), max_rows=1)
+    b = evaluate_masks(tiny, batch, masks, Ablation.zero(), max_rows=10_000)
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_sweep_agrees_with_hooks_scale_heads(tiny, batch):
+    res = sweep_heads(tiny, batch, "scale", alpha=0.0, metric="nll", heads=["L1H2"], progress=False)
+    from mechheads.tasks import target_nll
+
+    with torch.no_grad(), scale_heads(tiny, "L1H2", 0.0):
+        want = target_nll(tiny(batch.tokens), batch).item()
+    assert abs(res.table.value.iloc[0] - want) < 1e-5
+
+
+def test_per_position_sweep_matches_positions_argument(tiny, batch):
+    res = sweep_heads(tiny, batch, "zero", heads=["L0H1"], per_position=True, progress=False)
+    T = batch.tokens.shape[1]
+    assert list(res.table.position) == list(range(T))
+    one = sweep_heads(tiny, batch, "zero", heads=["L0H1"], positions=4, progress=False)
+    assert abs(res.table.value.iloc[4] - one.table.value.iloc[0]) < 1e-6
+
+
+def test_result_table_is_tidy_and_pivots(tiny, batch):
+    res = sweep_heads(tiny, batch, "zero", metric="nll", progress=False)
+    cols = [
+        "layer",
+        "head",
+        "position",
+        "method",
+        "metric",
+        "baseline",
+        "value",
+        "delta",
+        "rel_delta",
+        "importance",
+    ]
+    assert list(res.table.columns) == cols and len(res.table) == 6
+    arr = res.to_array("delta")
+    assert arr.shape == (2, 3) and arr[1, 2] == res.table.delta.iloc[5]
+    assert np.allclose(res.table.importance, res.table.delta)  # nll: lower is better, damage = increase
+    acc = sweep_heads(tiny, batch, "zero", metric="logit_diff", progress=False)
+    assert np.allclose(acc.table.importance, -acc.table.delta)
+    assert set(res.interfering().index) == set(res.table.index[res.table.importance < 0])
+
+
+def test_mean_ablation_of_a_constant_reference_is_a_no_op(tiny, batch):
+    """Mean over a reference made of the batch's own prompts, per position, with one prompt = identity."""
+    one = batch.index([0])
+    abl = Ablation.mean(tiny, one, per_position=True)
+    res = sweep_heads(tiny, one, abl, metric="nll", progress=False)
+    assert np.allclose(res.table.value, res.baseline, atol=1e-5)
+
+
+def test_sweep_resumes_after_interrupt_with_identical_results(tiny, batch, tmp_path, monkeypatch):
+    import mechheads.ablation as ab
+
+    ckpt = tmp_path / "sweep.json"
+    full = sweep_heads(tiny, batch, "zero", metric="nll", max_rows=4, progress=False)
+    real = ab._run_chunk
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ab, "_run_chunk", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        sweep_heads(tiny, batch, "zero", metric="nll", max_rows=4, progress=False, checkpoint=ckpt)
+    assert ckpt.exists()
+    monkeypatch.setattr(ab, "_run_chunk", real)
+    resumed_calls = {"n": 0}
+
+    def counting(*args, **kwargs):
+        resumed_calls["n"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ab, "_run_chunk", counting)
+    resumed = sweep_heads(tiny, batch, "zero", metric="nll", max_rows=4, progress=False, checkpoint=ckpt)
+    assert resumed_calls["n"] == 4  # 6 one-head chunks, 2 finished before the interrupt: only 4 run again
+    assert np.array_equal(resumed.table.value.to_numpy(), full.table.value.to_numpy())
+    with pytest.raises(MechheadsError, match="belongs to a different sweep"):
+        sweep_heads(tiny, batch, "zero", metric="logit_diff", progress=False, checkpoint=ckpt)
+
+
+def test_bad_ablation_input_is_rejected(tiny, batch):
+    with pytest.raises(MechheadsError, match="no heads given"):
+        sweep_heads(tiny, batch, heads=[], progress=False)
+    with pytest.raises(MechheadsError, match="out of range"):
+        sweep_heads(tiny, batch, heads=["L5H0"], progress=False)
+    with pytest.raises(MechheadsError, match="mean ablation needs reference data"):
+        sweep_heads(tiny, batch, "mean", progress=False)
+    with pytest.raises(MechheadsError, match=r"unknown ablation method 'drop'; valid methods"):
+        sweep_heads(tiny, batch, "drop", progress=False)
+    with pytest.raises(MechheadsError, match="resample source has shape"):
+        sweep_heads(tiny, batch, Ablation.resample(tiny, tiny_batch(3, seed=2).tokens), progress=False)
+    with pytest.raises(MechheadsError, match="must return a scalar tensor"):
+        sweep_heads(
+            tiny, batch, metric=lambda logits, b: logits.mean(-1), higher_is_better=True, progress=False
+        )
+    with pytest.raises(MechheadsError, match="on the clean model: it must be finite"):
+        sweep_heads(
+            tiny,
+            batch,
+            metric=lambda logits, b: logits.sum() * float("nan"),
+            higher_is_better=True,
+            progress=False,
+        )
+    calls = {"n": 0}
+
+    def nan_when_ablated(logits, b):
+        calls["n"] += 1
+        return logits.sum() * (float("nan") if calls["n"] > 1 else 1.0)
+
+    with pytest.raises(MechheadsError, match=r"not finite under 6 mask\(s\), first at index 0"):
+        sweep_heads(tiny, batch, metric=nan_when_ablated, higher_is_better=True, progress=False)
+    with pytest.raises(MechheadsError, match="say higher_is_better"):
+        sweep_heads(tiny, batch, metric=lambda logits, b: logits.sum(), progress=False)
+    with pytest.raises(MechheadsError, match="alpha must be a finite number"):
+        Ablation.scale(float("inf"))
+    assert tiny.n_attached_hooks() == 0
+
+
+def test_user_metric_callable_on_logits_and_batch(tiny, batch):
+    def last_logit(logits, b):
+        return logits[torch.arange(len(b)), b.answer_pos, b.first_target].mean()
+
+    fast = sweep_heads(tiny, batch, "zero", metric=last_logit, higher_is_better=True, progress=False)
+    slow = sweep_heads_naive(tiny, batch, "zero", metric=last_logit)
+    assert np.abs(fast.table.value.to_numpy() - slow.value.to_numpy()).max() <= 1e-5
+
+
+def test_induction_model_sweep_finds_its_circuit(backend):
+    model = zoo.load("induction-2l", backend=backend)
+    res = sweep_heads(model, induction_task(40, seq_len=15, seed=3), "zero", metric="nll", progress=False)
+    top = res.table.sort_values("importance", ascending=False)
+    # the two heads the detectors name carry far more of the task than any other head
+    first, second, rest = top.importance.iloc[0], top.importance.iloc[1], top.importance.iloc[2:]
+    assert {int(top.layer.iloc[0]), int(top.layer.iloc[1])} == {0, 1}
+    assert second > 3 * rest.max()
+    assert first > 1.0  # nats per target token

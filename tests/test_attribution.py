@@ -1,0 +1,80 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from test_ablation import tiny_batch
+
+from mechheads import MechheadsError, gate_heads, zoo
+from mechheads.ablation import Ablation, sweep_heads
+from mechheads.attribution import attribution_patching, gradient_importance, rank_agreement
+from mechheads.tasks import induction_task, target_nll
+
+
+def test_gradient_importance_matches_finite_differences(tiny):
+    batch = tiny_batch()
+    df = gradient_importance(tiny, batch, metric="nll")
+    eps = 1e-3
+    for l, h in [(0, 1), (1, 2)]:
+        vals = []
+        for s in (1 + eps, 1 - eps):
+            g = torch.ones(2, 3, dtype=torch.float64).float()
+            g[l, h] = s
+            with torch.no_grad(), gate_heads(tiny, g):
+                vals.append(target_nll(tiny(batch.tokens), batch).item())
+        fd = (vals[0] - vals[1]) / (2 * eps)
+        got = df[(df.layer == l) & (df["head"] == h)].gradient.item()
+        assert abs(got - fd) < 1e-3 * max(1, abs(fd))
+
+
+def test_attribution_patching_agrees_in_sign_with_exact_patching(tiny):
+    """On the heads whose exact patching effect is largest, the first-order estimate has the same sign."""
+    clean = tiny_batch(seed=0)
+    corrupted = tiny_batch(seed=7)
+    est = attribution_patching(tiny, clean, corrupted, metric="logit_diff")
+    exact = sweep_heads(
+        tiny, corrupted, Ablation.resample(tiny, clean.tokens), metric="logit_diff", progress=False
+    )
+    top = (
+        exact.table.assign(abs_delta=exact.table.delta.abs())
+        .sort_values("abs_delta", ascending=False)
+        .head(2)
+    )
+    for r in top.itertuples():
+        e = est[(est.layer == r.layer) & (est["head"] == r.head)].estimate.item()
+        assert np.sign(e) == np.sign(r.delta)
+
+
+def test_attribution_patching_rejects_misaligned_prompts(tiny):
+    with pytest.raises(MechheadsError, match="same \\[batch, pos\\] shape"):
+        attribution_patching(tiny, tiny_batch(4).tokens, tiny_batch(3).tokens, batch=tiny_batch(3))
+
+
+def test_rank_agreement_on_known_rankings():
+    idx = [f"L0H{i}" for i in range(5)]
+    a = pd.Series([5, 4, 3, 2, 1], index=idx)
+    assert rank_agreement(a, a, k=2) == dict(
+        spearman=pytest.approx(1.0), kendall=1.0, top_k_overlap=2, k=2, n=5
+    )
+    r = rank_agreement(a, -a, k=2)
+    assert r["spearman"] == pytest.approx(-1.0) and r["kendall"] == -1.0 and r["top_k_overlap"] == 0
+    b = pd.Series([5, 4, 3, 1, 2], index=idx)
+    r = rank_agreement(a, b, k=3)
+    assert abs(r["spearman"] - 0.9) < 1e-12 and abs(r["kendall"] - 0.8) < 1e-12 and r["top_k_overlap"] == 3
+    with pytest.raises(MechheadsError, match="cover different heads"):
+        rank_agreement(a, b.iloc[:4])
+    with pytest.raises(MechheadsError, match="k must lie in 1..5"):
+        rank_agreement(a, b, k=9)
+
+
+def test_estimators_rank_the_induction_circuit_on_top(backend):
+    model = zoo.load("induction-2l", backend=backend)
+    task = induction_task(30, seq_len=12, seed=9)
+    sweep = sweep_heads(model, task, metric="nll", progress=False).table
+    grad = gradient_importance(model, task, metric="nll")
+    top_sweep = set(
+        sweep.sort_values("importance", ascending=False).head(2)[["layer", "head"]].itertuples(index=False)
+    )
+    top_grad = set(
+        grad.sort_values("importance", ascending=False).head(2)[["layer", "head"]].itertuples(index=False)
+    )
+    assert top_sweep == top_grad
