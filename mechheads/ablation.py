@@ -368,10 +368,13 @@ def _run_chunk(model, batch, masks, ablation, metric_fn, shared_pos, copy_pos, r
     r = None
     if resid is not None and 0 < start < model.cfg.n_layers:
         r = resid[hook_resid_pre(start)].repeat(k, 1, 1)
+    # Built-in metrics read only target and answer positions: unembed just those.
+    positions = batch.needed_positions() if metric_fn in METRICS.values() else None
     with torch.no_grad(), model.hooks(hooks):
-        logits = model.forward_from(tokens, start, r) if r is not None else model(tokens)
+        logits = model.forward_from(tokens, start, r, positions=positions)
     assert logits.shape[0] == N
-    return _metric_values(metric_fn, logits, batch, k).detach().cpu().double()
+    scored = batch if positions is None else batch.select_positions(positions)
+    return _metric_values(metric_fn, logits, scored, k).detach().cpu().double()
 
 
 def evaluate_masks_naive(

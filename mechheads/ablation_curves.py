@@ -332,7 +332,7 @@ def distribution_shift(
                 hooks.append(
                     (
                         hook_z(layer),
-                        lambda z, hook, layer=layer, idx=idx: torch.where(
+                        lambda z, hook, layer=layer, idx=idx, abl=abl: torch.where(
                             idx[None, None, :, None], abl.new_z(layer, z, 1), z
                         ),
                     )

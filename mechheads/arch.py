@@ -38,6 +38,10 @@ class ArchConfig:
     act_fn: Literal["gelu_new", "relu"] = "gelu_new"
     attention_dir: Literal["causal", "bidirectional"] = "causal"
     eps: float = 1e-5
+    positional: Literal["learned", "rotary"] = (
+        "learned"  # rotary: adjacent pairs (GPT-J style) over all of d_head
+    )
+    rotary_base: int = 10000
 
     def __post_init__(self):
         for f in ("n_layers", "n_heads", "d_model", "d_head", "d_vocab", "n_ctx"):
@@ -50,6 +54,12 @@ class ArchConfig:
             )
         if self.act_fn not in ("gelu_new", "relu"):
             raise MechheadsError(f"ArchConfig.act_fn must be 'gelu_new' or 'relu', got {self.act_fn!r}")
+        if self.positional not in ("learned", "rotary"):
+            raise MechheadsError(
+                f"ArchConfig.positional must be 'learned' or 'rotary', got {self.positional!r}"
+            )
+        if self.positional == "rotary" and self.d_head % 2:
+            raise MechheadsError(f"rotary positions need an even d_head, got {self.d_head}")
         if self.attention_dir not in ("causal", "bidirectional"):
             raise MechheadsError(
                 f"ArchConfig.attention_dir must be 'causal' or 'bidirectional', got {self.attention_dir!r}"
@@ -76,7 +86,9 @@ class ArchConfig:
 def param_shapes(cfg: ArchConfig) -> dict[str, tuple[int, ...]]:
     """Names and shapes of every parameter in the canonical (HookedTransformer) format."""
     D, H, dh, V, C, M = cfg.d_model, cfg.n_heads, cfg.d_head, cfg.d_vocab, cfg.n_ctx, cfg.d_mlp
-    shapes: dict[str, tuple[int, ...]] = {"embed.W_E": (V, D), "pos_embed.W_pos": (C, D)}
+    shapes: dict[str, tuple[int, ...]] = {"embed.W_E": (V, D)}
+    if cfg.positional == "learned":
+        shapes["pos_embed.W_pos"] = (C, D)
     for l in range(cfg.n_layers):
         p = f"blocks.{l}"
         shapes |= {f"{p}.ln1.w": (D,), f"{p}.ln1.b": (D,)}
@@ -119,6 +131,18 @@ def _layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, eps: float) -
     return x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt() * w + b
 
 
+def rotary(x: torch.Tensor, base: int) -> torch.Tensor:
+    """Rotary embedding of x [batch, pos, head, d], adjacent-pair (GPT-J) style: each pair
+    (2i, 2i+1) rotates by pos·θ_i with θ_i = base^(−2i/d)."""
+    T, d = x.shape[1], x.shape[-1]
+    inv_freq = 1.0 / (base ** (torch.arange(0, d, 2, dtype=torch.float32, device=x.device) / d))
+    angles = torch.arange(T, dtype=torch.float32, device=x.device)[:, None] * inv_freq[None]  # [pos, d/2]
+    cos = angles.cos().repeat_interleave(2, -1)[None, :, None, :]
+    sin = angles.sin().repeat_interleave(2, -1)[None, :, None, :]
+    rot = torch.stack((-x[..., 1::2], x[..., 0::2]), -1).flatten(-2)
+    return x * cos + rot * sin
+
+
 def _act(name: str, x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x, approximate="tanh") if name == "gelu_new" else F.relu(x)
 
@@ -147,7 +171,9 @@ class ReferenceTransformer(nn.Module):
         T = tokens.shape[1]
         if T > cfg.n_ctx:
             raise MechheadsError(f"sequence length {T} exceeds the model's context n_ctx={cfg.n_ctx}")
-        x = self.p("embed.W_E")[tokens] + self.p("pos_embed.W_pos")[:T]
+        x = self.p("embed.W_E")[tokens]
+        if cfg.positional == "learned":
+            x = x + self.p("pos_embed.W_pos")[:T]
         mask = None
         if cfg.attention_dir == "causal":
             mask = torch.ones(T, T, dtype=torch.bool, device=tokens.device).triu(1)
@@ -157,6 +183,8 @@ class ReferenceTransformer(nn.Module):
             q = torch.einsum("bpd,hde->bphe", h, self.p(f"{a}.W_Q")) + self.p(f"{a}.b_Q")
             k = torch.einsum("bpd,hde->bphe", h, self.p(f"{a}.W_K")) + self.p(f"{a}.b_K")
             v = torch.einsum("bpd,hde->bphe", h, self.p(f"{a}.W_V")) + self.p(f"{a}.b_V")
+            if cfg.positional == "rotary":
+                q, k = rotary(q, cfg.rotary_base), rotary(k, cfg.rotary_base)
             scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / math.sqrt(cfg.d_head)
             if mask is not None:
                 scores = scores.masked_fill(mask, float("-inf"))
@@ -190,11 +218,12 @@ def to_bridge_native_state(cfg: ArchConfig, state: dict[str, torch.Tensor]) -> d
     H, D, dh = cfg.n_heads, cfg.d_model, cfg.d_head
     out = {
         "tok_embed.weight": state["embed.W_E"],
-        "pos.weight": state["pos_embed.W_pos"],
         "ln_out.weight": state["ln_final.w"],
         "ln_out.bias": state["ln_final.b"],
         "head.weight": state["unembed.W_U"].T,
     }
+    if cfg.positional == "learned":
+        out["pos.weight"] = state["pos_embed.W_pos"]
     for l in range(cfg.n_layers):
         s, t = f"blocks.{l}", f"layers.{l}"
         out[f"{t}.ln1.weight"], out[f"{t}.ln1.bias"] = state[f"{s}.ln1.w"], state[f"{s}.ln1.b"]

@@ -1,11 +1,13 @@
-"""Induction-family attention detectors: previous-token, duplicate-token and induction scores.
+"""Induction-family attention detectors: current-, previous-, duplicate-token and induction scores.
 
 On a batch of sequences ``[BOS] s s`` (a random sequence ``s`` of length ``n`` and its repeat), each
-score is the mean attention paid, from the positions of the repeat, to the expected source:
+score is the mean attention paid to the expected source:
 
-* previous-token: position ``p`` → ``p − 1``;
+* current-token: every position ``p ≥ 1`` → itself;
+* previous-token: every position ``p ≥ 2`` → ``p − 1``;
 * duplicate-token: position ``p`` in the repeat → the same token's first occurrence ``p − n``;
-* induction (prefix matching): position ``p`` → the token *after* the first occurrence, ``p − n + 1``.
+* induction (prefix matching): position ``p`` in the repeat → the token *after* the first
+  occurrence, ``p − n + 1`` (repeat positions after its first token).
 
 Scores lie in [0, 1]; a head that always attends to its source scores 1.
 """
@@ -37,7 +39,8 @@ def repeated_tokens(model: HeadModel, n_seqs: int = 32, seq_len: int = 20, seed:
 def induction_scores(model: HeadModel, tokens: torch.Tensor | None = None, seq_len: int = 20) -> pd.DataFrame:
     """Previous-token, duplicate-token and induction scores of every head on repeated sequences.
 
-    Returns a tidy DataFrame with columns ``layer, head, previous_token, duplicate_token, induction``.
+    Returns a tidy DataFrame with columns ``layer, head, current_token, previous_token,
+    duplicate_token, induction``.
     """
     if tokens is None:
         tokens = repeated_tokens(model, seq_len=seq_len)
@@ -47,10 +50,12 @@ def induction_scores(model: HeadModel, tokens: torch.Tensor | None = None, seq_l
     names = [hook_pattern(layer) for layer in range(model.cfg.n_layers)]
     _, cache = model.run_with_cache(tokens, names)
     rep = torch.arange(n + 2, 2 * n + 1)  # repeat positions after its first token
+    allp = torch.arange(2, 2 * n + 1)
     rows = []
     for layer in range(model.cfg.n_layers):
         pat = cache[names[layer]].float()  # [batch, head, query, key]
-        prev = pat[:, :, rep, rep - 1].mean((0, 2))
+        cur = pat[:, :, allp, allp].mean((0, 2))
+        prev = pat[:, :, allp, allp - 1].mean((0, 2))
         dup = pat[:, :, rep, rep - n].mean((0, 2))
         ind = pat[:, :, rep, rep - n + 1].mean((0, 2))
         for h in range(model.cfg.n_heads):
@@ -58,6 +63,7 @@ def induction_scores(model: HeadModel, tokens: torch.Tensor | None = None, seq_l
                 dict(
                     layer=layer,
                     head=h,
+                    current_token=cur[h].item(),
                     previous_token=prev[h].item(),
                     duplicate_token=dup[h].item(),
                     induction=ind[h].item(),

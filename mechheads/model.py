@@ -255,24 +255,36 @@ class HeadModel:
     def forward_from(
         self,
         tokens: Int[torch.Tensor, "batch pos"],
-        layer: int,
+        layer: int = 0,
         resid_pre: Float[torch.Tensor, "batch pos d_model"] | None = None,
+        positions: torch.Tensor | None = None,
     ) -> Float[torch.Tensor, "batch pos vocab"]:
         """Logits of a forward pass in which blocks before ``layer`` are known to be unchanged.
 
         ``resid_pre`` is the clean ``blocks.{layer}.hook_resid_pre`` for these tokens. On
-        HookedTransformer the pass starts at ``layer`` from it (``start_at_layer``) and the earlier
-        blocks are not recomputed; the bridge has no such entry point that saves work (4.x still
-        runs every block, 3.9 refuses), so there the full forward runs on ``tokens``. Hooks on
-        layers before ``layer`` do not fire on the hooked path.
+        HookedTransformer the pass starts at ``layer`` from it (``start_at_layer``), so earlier
+        blocks are not recomputed, and with ``positions`` (a 1-D index tensor) only those
+        positions are unembedded: the result is [batch, len(positions), vocab]. The bridge has no
+        entry point that saves this work (4.x still runs every block, 3.9 refuses), so there the
+        full forward runs on ``tokens`` and the logits are sliced. Hooks on layers before
+        ``layer`` do not fire on the hooked path.
         """
-        if self.reuses_prefix and resid_pre is not None and layer > 0:
+        if not self.reuses_prefix:
+            logits = self(tokens)
+            return logits if positions is None else logits[:, positions]
+        start = layer if (resid_pre is not None and layer > 0) else 0
+        if start:
             if resid_pre.shape[:2] != tokens.shape:
                 raise MechheadsError(
                     f"resid_pre has shape {tuple(resid_pre.shape)}, tokens {tuple(tokens.shape)}"
                 )
-            return self.tl(resid_pre, start_at_layer=layer)
-        return self(tokens)
+            x = resid_pre
+        else:
+            x = self._check_tokens(tokens)
+        resid = self.tl(x, start_at_layer=start or None, stop_at_layer=self.cfg.n_layers)
+        if positions is not None:
+            resid = resid[:, positions]
+        return self.tl.unembed(self.tl.ln_final(resid))
 
     def final_residual(
         self, tokens: Int[torch.Tensor, "batch pos"]
@@ -401,7 +413,10 @@ def _build_hooked(cfg: ArchConfig, state: dict[str, torch.Tensor]):
         normalization_type="LN",
         attention_dir=cfg.attention_dir,
         eps=cfg.eps,
-        positional_embedding_type="standard",
+        positional_embedding_type="standard" if cfg.positional == "learned" else "rotary",
+        rotary_dim=cfg.d_head if cfg.positional == "rotary" else None,
+        rotary_base=cfg.rotary_base,
+        rotary_adjacent_pairs=True,
         default_prepend_bos=False,
         device="cpu",
     )
@@ -439,7 +454,9 @@ def _build_bridge(cfg: ArchConfig, state: dict[str, torch.Tensor]):
         normalization_type="LN",
         attention_dir=cfg.attention_dir,
         eps=cfg.eps,
-        positional_embedding_type="standard",
+        positional_embedding_type="standard" if cfg.positional == "learned" else "rotary",
+        rotary_dim=cfg.d_head if cfg.positional == "rotary" else None,
+        rotary_base=cfg.rotary_base,
         default_prepend_bos=False,
     )
     native = NativeModel(tl_cfg)

@@ -25,6 +25,9 @@ def backend(request) -> str:
 
 TINY = ArchConfig(n_layers=2, n_heads=3, d_model=24, d_head=8, d_vocab=40, n_ctx=16, d_mlp=32)
 TINY_ATTN = ArchConfig(n_layers=2, n_heads=3, d_model=24, d_head=8, d_vocab=40, n_ctx=16)
+TINY_ROT = ArchConfig(
+    n_layers=2, n_heads=3, d_model=24, d_head=8, d_vocab=40, n_ctx=16, d_mlp=32, positional="rotary"
+)
 
 
 def perturbed_state(cfg: ArchConfig, seed: int = 0, scale: float = 0.3) -> dict[str, torch.Tensor]:

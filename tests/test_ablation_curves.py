@@ -74,11 +74,23 @@ def test_distribution_shift_zero_vs_identity(tiny, batch):
 
 
 def test_induction_model_redundancy_and_faithfulness():
+    from test_ablation import induction_circuit
+
     model = zoo.load("induction-2l")
+    prev, cur, induction = induction_circuit(model)
+    circuit = {prev, cur, *induction}
     task = induction_task(30, seq_len=12, seed=5)
-    sweep = sweep_heads(model, task, metric="nll", progress=False)
-    res = faithfulness(model, task, sweep.ranking(), metric="nll", progress=False)
-    # keeping only the top two heads retains most of the behaviour
-    assert res.table.sufficiency.iloc[2] > 0.8
-    pr = iterative_pruning(model, task, metric="nll", progress=False)
-    assert pr.n_removable(0.1) >= 4  # most of the 8 heads are redundant for this task
+    mean = Ablation.mean(model, induction_task(100, seq_len=12, seed=11))
+    ranking = sweep_heads(model, task, mean, metric="nll", progress=False).ranking()
+    assert set(ranking[: len(circuit)]) == circuit
+    res = faithfulness(model, task, ranking, mean, metric="nll", progress=False)
+    t = res.table.set_index("k")
+    assert t.comprehensiveness[1] > 10  # removing the top head alone breaks the task
+    assert t.sufficiency[len(circuit)] > 0.99  # the circuit alone suffices
+    pr = iterative_pruning(model, task, mean, metric="nll", progress=False)
+    first = {Head.parse(h) for h in pr.table["head"].iloc[: 8 - len(circuit)]}
+    assert first == set(all_heads(model)) - circuit  # pruning removes the non-circuit heads first
+    pairs = pairwise_interactions(
+        model, task, induction, mean, metric="nll", small=0.05, large=0.2, progress=False
+    )
+    assert pairs.redundant.any() and (pairs.interaction > 0).all()

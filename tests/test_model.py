@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 import torch
-from conftest import BACKENDS, TINY, TINY_ATTN, perturbed_state
+from conftest import BACKENDS, TINY, TINY_ATTN, TINY_ROT, perturbed_state
 from safetensors.torch import load_file
 
 from mechheads import HeadModel, MechheadsError, build_model, wrap, zoo
@@ -12,7 +12,7 @@ from mechheads.arch import ArchConfig, ReferenceTransformer
 from mechheads.model import hook_resid_post, hook_z
 
 
-@pytest.mark.parametrize("cfg", [TINY, TINY_ATTN], ids=["mlp", "attn_only"])
+@pytest.mark.parametrize("cfg", [TINY, TINY_ATTN, TINY_ROT], ids=["mlp", "attn_only", "rotary"])
 def test_backend_logits_equal_reference_forward(backend, cfg, tokens):
     state = perturbed_state(cfg, seed=3)
     model = build_model(cfg, state, backend=backend)
@@ -188,3 +188,20 @@ def test_wrap_accepts_a_hooked_encoder():
     tokens = torch.randint(0, 30, (2, 6))
     _, cache = enc.run_with_cache(tokens, [hook_z(0)])
     assert cache[hook_z(0)].shape == (2, 6, 4, 4)
+
+
+@torch.no_grad()
+def test_forward_from_a_layer_equals_the_full_forward(tiny, tokens):
+    full, cache = tiny.run_with_cache(tokens, ["blocks.1.hook_resid_pre"])
+    pos = torch.tensor([2, 9])
+    assert torch.allclose(tiny.forward_from(tokens), full, atol=1e-5)
+    assert torch.allclose(tiny.forward_from(tokens, 1, cache["blocks.1.hook_resid_pre"]), full, atol=1e-5)
+    assert torch.allclose(
+        tiny.forward_from(tokens, 1, cache["blocks.1.hook_resid_pre"], positions=pos), full[:, pos], atol=1e-5
+    )
+    fired = []
+    with tiny.hooks(
+        [(hook_z(0), lambda z, hook: fired.append(0)), (hook_z(1), lambda z, hook: fired.append(1))]
+    ):
+        tiny.forward_from(tokens, 1, cache["blocks.1.hook_resid_pre"])
+    assert fired == ([1] if tiny.reuses_prefix else [0, 1])

@@ -65,6 +65,30 @@ class TokenBatch:
             torch.full((B,), n_target, device=tokens.device),
         )
 
+    def needed_positions(self) -> torch.Tensor:
+        """Sorted positions any built-in metric reads: target positions and answer positions."""
+        used = self.target_mask.any(0)
+        used[self.answer_pos] = True
+        return used.nonzero().flatten()
+
+    def select_positions(self, positions: torch.Tensor) -> TokenBatch:
+        """The batch restricted to ``positions`` (which must include every answer position), so
+        metrics can read logits computed only there."""
+        T = self.tokens.shape[1]
+        where = torch.full((T,), -1, dtype=torch.long, device=self.tokens.device)
+        where[positions] = torch.arange(len(positions), device=self.tokens.device)
+        ans = where[self.answer_pos]
+        if bool((ans < 0).any()):
+            raise MechheadsError("select_positions must keep every answer position")
+        sub = dict(self.__dict__)
+        sub.update(
+            tokens=self.tokens[:, positions],
+            labels=self.labels[:, positions],
+            target_mask=self.target_mask[:, positions],
+            answer_pos=ans,
+        )
+        return TokenBatch(**sub)
+
     def to(self, device) -> TokenBatch:
         moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
         return TokenBatch(**moved)

@@ -178,58 +178,6 @@ def induction_segments(
     return segs, {"seq_len": seq_len, "prefix_len": prefix_len, "gap_len": gap_len}
 
 
-def copy_segments(rng: random.Random, length: int, vocab: list[str] | None = None) -> tuple[Segments, dict]:
-    """Random words with several spans copied from earlier in the same sequence.
-
-    Each copied span's words after its first are supervised (predictable only by induction); the
-    fresh random words are not. Spans sit at varying offsets and distances, so neither a fixed
-    positional offset nor a smeared window of previous tokens predicts them reliably.
-    """
-    vocab = vocab or words.SYMBOL_WORDS
-    if length < 8:
-        raise MechheadsError(f"length must be at least 8, got {length}")
-    seq = rng.sample(vocab, 6)
-    segs: Segments = [(" ".join(seq), False)]
-    n_spans = 0
-    while len(seq) < length:
-        room = length - len(seq)
-        if rng.random() < 0.5 and len(seq) >= 4 and room >= 3:
-            n = rng.randint(3, min(10, room, len(seq)))
-            start = rng.randint(0, len(seq) - n)
-            span = seq[start : start + n]
-            segs += [(" " + span[0], False), (" " + " ".join(span[1:]), True)]
-            n_spans += 1
-        else:
-            span = [rng.choice(vocab) for _ in range(rng.randint(1, min(6, room)))]
-            segs.append((" " + " ".join(span), False))
-        seq += span
-    return segs, {"length": len(seq), "copied_spans": n_spans}
-
-
-def skip_table(vocab: list[str] | None = None, size: int = 60, seed: int = 0) -> dict[str, str]:
-    """A fixed random permutation ``g`` of ``size`` vocabulary words (for :func:`skip_segments`)."""
-    vocab = vocab or words.SYMBOL_WORDS
-    rng = random.Random(f"skip-table|{seed}")
-    keys = rng.sample(vocab, size)
-    values = keys[:]
-    rng.shuffle(values)
-    return dict(zip(keys, values, strict=True))
-
-
-def skip_segments(
-    rng: random.Random, n_triples: int, table: dict[str, str], vocab: list[str] | None = None
-) -> tuple[Segments, dict]:
-    """Triples ``x r g(x)`` with ``r`` random: predicting ``g(x)`` at ``r`` needs exactly the previous
-    token, which is what a previous-token head provides."""
-    vocab = vocab or words.SYMBOL_WORDS
-    keys = sorted(table)
-    segs: Segments = []
-    for _ in range(n_triples):
-        x = rng.choice(keys)
-        segs += [(f" {x} {rng.choice(vocab)}", False), (f" {table[x]}", True)]
-    return segs, {"n_triples": n_triples}
-
-
 def induction_task(n: int = 50, *, seq_len: int = 20, seed: int = 0, vocab: list[str] | None = None) -> Task:
     """Repeated random word sequences: ``w1 … wn w1`` → `` w2 … wn`` (predictable only by induction)."""
     _check_positive("n", n)

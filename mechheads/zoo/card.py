@@ -62,9 +62,11 @@ def evaluate(model, tasks: list[Task], batch_size: int = 100) -> pd.DataFrame:
 def _table(df: pd.DataFrame, floatfmt: str = "{:.3f}") -> str:
     cols = list(df.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, r in df.iterrows():
+    for r in df.to_dict("records"):  # keeps int columns int (iterrows would upcast them to float)
         lines.append(
-            "| " + " | ".join(floatfmt.format(v) if isinstance(v, float) else str(v) for v in r) + " |"
+            "| "
+            + " | ".join(floatfmt.format(v) if isinstance(v, float) else str(v) for v in r.values())
+            + " |"
         )
     return "\n".join(lines)
 
@@ -78,8 +80,12 @@ def write_card(folder: Path) -> str:
     model = zoo.load(name)
     results = evaluate(model, standard_tasks(name))
     scores = induction_scores(model)
-    top = scores.sort_values("induction", ascending=False).head(4)
-    prev = scores.sort_values("previous_token", ascending=False).head(4)
+    if len(scores) <= 8:
+        score_text = "Every head:\n\n" + _table(scores)
+    else:
+        top = scores.sort_values("induction", ascending=False).head(4)
+        prev = scores.sort_values("previous_token", ascending=False).head(4)
+        score_text = f"Top heads by induction (prefix-matching) score:\n\n{_table(top)}\n\nTop heads by previous-token score:\n\n{_table(prev)}"
     tr = config["training"]
     arch = config["arch"]
     n_params = sum(p.numel() for p in model.parameters())
@@ -90,13 +96,14 @@ def write_card(folder: Path) -> str:
 ## Architecture
 {arch["n_layers"]} layers × {arch["n_heads"]} heads (d_model {arch["d_model"]}, d_head {arch["d_head"]}, \
 {"attention-only" if arch["d_mlp"] == 0 else f"MLP {arch['d_mlp']}"}), context {arch["n_ctx"]} tokens, \
-word-level vocabulary of {arch["d_vocab"]} tokens, pre-LayerNorm, learned positions, no unembedding bias; \
+word-level vocabulary of {arch["d_vocab"]} tokens, pre-LayerNorm, \
+{"rotary" if arch.get("positional") == "rotary" else "learned"} positions, no unembedding bias; \
 {n_params:,} parameters. Loads on HookedTransformer (TransformerLens 3.x) and TransformerBridge (4.x).
 
 ## Training
 `{tr["command"]}` — {tr["steps"]} AdamW steps, batch {tr["batch_size"]}, peak lr {tr["lr"]} \
 ({tr.get("schedule", "cosine")} schedule, weight decay {tr.get("weight_decay", 0.01)}), seed {tr["seed"]}, \
-data mixture {tr["mixture"]}; final training loss {tr["final_train_loss"]}; {tr["seconds"]} s on 2 CPU cores \
+data mixture {tr["mixture"]}; final training loss {tr["final_train_loss"]}; {tr["seconds"]} s on a 2-core CPU \
 (torch {tr["torch"]}). Deterministic for a given seed on a given machine.
 
 ## Held-out accuracy
@@ -112,13 +119,7 @@ Accuracy is top-1 on the first target token; NLL is per target token.
 
 Attention scores on repeated random sequences (mechheads.detectors.induction_scores; 1 = always attends to the source):
 
-Top heads by induction (prefix-matching) score:
-
-{_table(top)}
-
-Top heads by previous-token score:
-
-{_table(prev)}
+{score_text}
 """
     (folder / "card.md").write_text(text)
     results.to_csv(folder / "eval.csv", index=False)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from mechheads.arch import ArchConfig
 
@@ -21,8 +21,6 @@ class ZooSpec:
     weight_decay: float = 0.01
     schedule: str = "cosine"  # "cosine" (decay to 5% of peak) or "constant", both after linear warmup
     seed: int = 0
-    eval_n: int = 200
-    extra: dict = field(default_factory=dict)
 
     def arch_config(self, d_vocab: int) -> ArchConfig:
         return ArchConfig(d_vocab=d_vocab, **self.arch)
@@ -33,13 +31,17 @@ SPECS: dict[str, ZooSpec] = {
         name="induction-2l",
         description="2-layer attention-only transformer trained on repeated random word sequences.",
         expected_circuit=(
-            "A previous-token head in layer 0 (attends from each token to the one before it) composes with an "
-            "induction head in layer 1 (attends from a repeated token to the token that followed its earlier "
-            "occurrence and copies it). Ablating either one should destroy repeated-sequence prediction."
+            "A previous-token head in layer 0 (attends from each token to the one before it) composes with "
+            "induction heads in layer 1 (attend from a repeated token to the token that followed its earlier "
+            "occurrence and copy it). Trained with seed 0 the model has one previous-token head (L0H2), four "
+            "redundant induction heads (all of layer 1: ablating one costs little, ablating all four destroys "
+            "the task) and a current-token head (L0H0, attends to itself) whose ablation also breaks induction."
         ),
-        arch=dict(n_layers=2, n_heads=4, d_model=64, d_head=16, d_mlp=0, n_ctx=64),
+        # Rotary positions: with learned absolute positions the model found absolute-position shortcuts
+        # (layer-0 heads attending to about p/2) instead of a previous-token head; relative positions
+        # rule those out. Induction forms after a plateau: constant lr, no weight decay.
+        arch=dict(n_layers=2, n_heads=4, d_model=64, d_head=16, d_mlp=0, n_ctx=64, positional="rotary"),
         mixture={"induction": 1.0},
-        # Induction forms after a plateau (~2,000 steps here): constant lr, no weight decay.
         steps=4000,
         batch_size=32,
         lr=3e-3,
@@ -58,8 +60,10 @@ SPECS: dict[str, ZooSpec] = {
             "induction/copying heads for ABA/ABB and repeated sequences, and name-mover-like heads that copy the "
             "non-repeated name in IOI. Which heads do what is for the analyses to find."
         ),
-        arch=dict(n_layers=4, n_heads=4, d_model=128, d_head=32, d_mlp=384, n_ctx=112),
-        mixture={"icl": 0.4, "instruction": 0.22, "aba": 0.18, "ioi": 0.1, "induction": 0.1},
+        # Rotary positions: with learned absolute positions a first run reached 100% on the function tasks
+        # but only 40% on ABA/ABB, 78% on IOI and ~0% on induction, which need copying from relative offsets.
+        arch=dict(n_layers=4, n_heads=4, d_model=128, d_head=32, d_mlp=384, n_ctx=112, positional="rotary"),
+        mixture={"icl": 0.3, "instruction": 0.15, "aba": 0.25, "ioi": 0.15, "induction": 0.15},
         steps=4000,
         batch_size=48,
         lr=1.5e-3,

@@ -49,13 +49,7 @@ def sample_segments(rng: random.Random, kind: str, n_ctx: int) -> gen.Segments:
         return gen.induction_segments(
             rng, n, prefix_len=prefix, gap_len=rng.randint(0, min(10, room - prefix))
         )[0]
-    if kind == "skip":
-        return gen.skip_segments(rng, rng.randint(4, (n_ctx - 1) // 3), gen.skip_table())[0]
-    if kind == "copy":
-        return gen.copy_segments(rng, rng.randint(24, n_ctx - 1))[0]
-    raise MechheadsError(
-        f"unknown data kind {kind!r}; valid: icl, instruction, aba, ioi, induction, copy, skip"
-    )
+    raise MechheadsError(f"unknown data kind {kind!r}; valid: icl, instruction, aba, ioi, induction")
 
 
 def encode_segments(tok: WordTokenizer, segments: gen.Segments) -> tuple[list[int], list[bool]]:
@@ -91,7 +85,12 @@ def train_reference(spec: ZooSpec, steps: int | None = None, seed: int | None = 
     tok = WordTokenizer(vocabulary())
     cfg = spec.arch_config(tok.vocab_size)
     model = ReferenceTransformer(cfg, seed=seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=spec.lr,
+        weight_decay=spec.weight_decay,
+        betas=(0.9, 0.98),
+    )
 
     def lr_at(step: int) -> float:
         if step < spec.warmup:
@@ -104,13 +103,14 @@ def train_reference(spec: ZooSpec, steps: int | None = None, seed: int | None = 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     smooth = None
     bar = tqdm(range(steps), desc=f"train {spec.name}", disable=not progress, mininterval=2)
+    params = [p for p in model.parameters() if p.requires_grad]
     for _ in bar:
         tokens, mask = training_batch(rng, spec, tok, cfg.n_ctx)
         logits = model(tokens)
         loss = torch.nn.functional.cross_entropy(logits[:, :-1][mask[:, :-1]], tokens[:, 1:][mask[:, :-1]])
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         smooth = loss.item() if smooth is None else 0.98 * smooth + 0.02 * loss.item()
