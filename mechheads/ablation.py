@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -415,6 +415,12 @@ def _orientation(metric: str | Metric, higher_is_better: bool | None) -> bool:
     raise MechheadsError("for a metric callable, say higher_is_better=True or False")
 
 
+def prepare(model, task, ablation, alpha, metric, higher_is_better):
+    """What every analysis needs first: the ablation, the batch, the metric's direction, its baseline."""
+    abl, batch = as_ablation(ablation, alpha), as_batch(model, task)
+    return abl, batch, _orientation(metric, higher_is_better), metric_value(model, batch, metric)
+
+
 def metric_name(metric: str | Metric) -> str:
     return metric if isinstance(metric, str) else getattr(metric, "__name__", "custom")
 
@@ -499,13 +505,9 @@ def sweep_heads(
         per_position: sweep every (head, position) pair instead (position = absolute index).
         checkpoint: a file for partial results; rerunning after an interrupt resumes from it.
     """
-    abl = as_ablation(ablation, alpha)
-    batch = as_batch(model, task)
+    abl, batch, hib, baseline = prepare(model, task, ablation, alpha, metric, higher_is_better)
     hs = parse_heads(heads, model) if heads is not None else all_heads(model)
-    hib = _orientation(metric, higher_is_better)
-    baseline = metric_value(model, batch, metric)
-    L, H = model.cfg.n_layers, model.cfg.n_heads
-    single = torch.stack([heads_to_mask([h], n_layers=L, n_heads=H) for h in hs])
+    single = masks_from_head_sets(model, [[h] for h in hs])
     if per_position:
         T = batch.tokens.shape[1]
         masks = single.repeat_interleave(T, 0)
@@ -542,11 +544,9 @@ def sweep_heads_naive(
     alpha: float | None = None,
 ) -> pd.DataFrame:
     """One forward per head, for checking :func:`sweep_heads`: columns layer, head, value."""
-    abl = as_ablation(ablation, alpha)
-    batch = as_batch(model, task)
+    abl, batch = as_ablation(ablation, alpha), as_batch(model, task)
     hs = parse_heads(heads, model) if heads is not None else all_heads(model)
-    L, H = model.cfg.n_layers, model.cfg.n_heads
-    masks = torch.stack([heads_to_mask([h], n_layers=L, n_heads=H) for h in hs])
+    masks = masks_from_head_sets(model, [[h] for h in hs])
     vals = evaluate_masks_naive(model, batch, masks, abl, metric, positions=positions)
     return pd.DataFrame(dict(layer=[h.layer for h in hs], head=[h.head for h in hs], value=vals.numpy()))
 
@@ -554,6 +554,3 @@ def sweep_heads_naive(
 def masks_from_head_sets(model: HeadModel, head_sets: Sequence[Sequence[Head]]) -> torch.Tensor:
     L, H = model.cfg.n_layers, model.cfg.n_heads
     return torch.stack([heads_to_mask(list(s), n_layers=L, n_heads=H) for s in head_sets])
-
-
-MetricLike = str | Callable[..., torch.Tensor]

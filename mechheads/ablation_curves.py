@@ -26,13 +26,12 @@ from tqdm.auto import tqdm
 from mechheads.ablation import (
     Ablation,
     Method,
-    _orientation,
     as_ablation,
     as_batch,
     evaluate_masks,
     masks_from_head_sets,
     metric_name,
-    metric_value,
+    prepare,
 )
 from mechheads.errors import MechheadsError
 from mechheads.heads import Head, HeadsLike, all_heads, heads_to_mask, parse_heads
@@ -64,13 +63,8 @@ def cumulative_ablation(
     progress: bool = True,
 ) -> pd.DataFrame:
     """Ablate ``order[:k]`` for k = 0..len(order). Columns: k, head (the one added), value, damage, rel_damage."""
-    abl, batch, hib = (
-        as_ablation(ablation, alpha),
-        as_batch(model, task),
-        _orientation(metric, higher_is_better),
-    )
+    abl, batch, hib, baseline = prepare(model, task, ablation, alpha, metric, higher_is_better)
     hs = _ranking(model, order)
-    baseline = metric_value(model, batch, metric)
     masks = masks_from_head_sets(model, [hs[:k] for k in range(len(hs) + 1)])
     values = evaluate_masks(
         model, batch, masks, abl, metric, max_rows=max_rows, progress=progress, desc="cumulative"
@@ -131,13 +125,8 @@ def iterative_pruning(
     batched evaluation and removes the candidate that hurts least. Stops when every head is gone,
     or earlier once the relative damage exceeds ``max_loss``.
     """
-    abl, batch, hib = (
-        as_ablation(ablation, alpha),
-        as_batch(model, task),
-        _orientation(metric, higher_is_better),
-    )
+    abl, batch, hib, baseline = prepare(model, task, ablation, alpha, metric, higher_is_better)
     remaining = parse_heads(heads, model) if heads is not None else all_heads(model)
-    baseline = metric_value(model, batch, metric)
     removed: list[Head] = []
     rows = []
     bar = tqdm(total=len(remaining), desc="pruning", disable=not progress)
@@ -189,15 +178,10 @@ def pairwise_interactions(
     effect(A∪B) − effect(A), is at least ``large`` and at least twice B's effect alone
     (``backup_b_for_a``; and symmetrically ``backup_a_for_b``).
     """
-    abl, batch, hib = (
-        as_ablation(ablation, alpha),
-        as_batch(model, task),
-        _orientation(metric, higher_is_better),
-    )
+    abl, batch, hib, baseline = prepare(model, task, ablation, alpha, metric, higher_is_better)
     hs = parse_heads(heads, model)
     if len(hs) < 2:
         raise MechheadsError(f"pairwise interactions need at least 2 heads, got {len(hs)}")
-    baseline = metric_value(model, batch, metric)
     small = 0.02 * abs(baseline) if small is None else small
     large = 0.1 * abs(baseline) if large is None else large
     pairs = list(combinations(range(len(hs)), 2))
@@ -262,17 +246,12 @@ def faithfulness(
     progress: bool = True,
 ) -> FaithfulnessResult:
     """Faithfulness of a head ranking (most important first), over k = 0..len(ranking) by default."""
-    abl, batch, hib = (
-        as_ablation(ablation, alpha),
-        as_batch(model, task),
-        _orientation(metric, higher_is_better),
-    )
+    abl, batch, hib, baseline = prepare(model, task, ablation, alpha, metric, higher_is_better)
     hs = _ranking(model, ranking)
     everyone = all_heads(model)
     ks = list(range(len(hs) + 1)) if ks is None else list(ks)
     if any(k < 0 or k > len(hs) for k in ks):
         raise MechheadsError(f"every k must lie in 0..{len(hs)} (the ranking's length), got {ks}")
-    baseline = metric_value(model, batch, metric)
     sets = [hs[:k] for k in ks] + [[h for h in everyone if h not in set(hs[:k])] for k in ks] + [everyone]
     values = evaluate_masks(
         model,

