@@ -60,7 +60,7 @@ def _info_options(p: argparse.ArgumentParser) -> None:
 def cmd_info(args) -> int:
     from mechheads import zoo
     from mechheads.errors import MechheadsError
-    from mechheads.zoo.card import evaluate, standard_tasks
+    from mechheads.zoo.cards import evaluate, standard_tasks
 
     if args.n < 1:
         raise MechheadsError(f"--n must be at least 1, got {args.n}")

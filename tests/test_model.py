@@ -1,6 +1,7 @@
 import json
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -37,11 +38,16 @@ def test_bidirectional_attention_sees_the_future(backend):
 
 @pytest.mark.parametrize("name", zoo.list_models())
 def test_zoo_checkpoint_reproduces_reference_logits(backend, name):
+    """Each backend reproduces the logits the hook-free reference forward stored at training time.
+
+    The reference sums in a different order, so the bound is float32-relative as well as absolute
+    (logits reach ~40 here); backend-vs-backend agreement is held to 1e-4 absolute below.
+    """
     ref = load_file(zoo.model_dir(name) / "reference.safetensors")
     model = zoo.load(name, backend=backend)
     with torch.no_grad():
         got = model(ref["tokens"])
-    assert (got - ref["logits"]).abs().max().item() <= 1e-4
+    torch.testing.assert_close(got, ref["logits"], atol=1e-4, rtol=1e-5)
 
 
 @pytest.mark.skipif(len(BACKENDS) < 2, reason="needs both backends in one environment (TransformerLens 3.9)")
@@ -73,7 +79,9 @@ def test_same_zoo_logits_across_transformer_lens_versions(tmp_path):
         "    out[n+'|backend']=torch.tensor([m.backend=='hooked'])\n"
         f"save_file(out, {str(tmp_path / 'other.safetensors')!r})\n"
     )
-    subprocess.run([_OTHER, "-c", script], check=True, cwd=tmp_path)
+    root = str(Path(__file__).resolve().parents[1])  # this checkout's mechheads, in the other environment
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    subprocess.run([_OTHER, "-c", script], check=True, cwd=tmp_path, env=env)
     other = load_file(tmp_path / "other.safetensors")
     for name in zoo.list_models():
         model = zoo.load(name)

@@ -20,12 +20,13 @@ def test_batch_marks_only_target_positions(model):
     task = Task("t", ["Q: France\nA:", "Q: dog\nA: chien\n\nQ: cat\nA:"], [" Paris", " chat"])
     b = task.batch(model)
     tok = model.tokenizer
-    assert b.tokens.shape == (2, 1 + 13 + 1)
-    assert b.tokens[0, 0] == tok.bos_id and b.tokens[0, 6] == tok.pad_id  # right padding
-    assert b.answer_pos.tolist() == [5, 13]
+    # <bos> Q : France \n A : | Paris   and   <bos> Q : dog \n A : chien \n \n Q : cat \n A : | chat
+    assert b.tokens.shape == (2, 1 + 15 + 1)
+    assert b.tokens[0, 0] == tok.bos_id and b.tokens[0, 8] == tok.pad_id  # right padding
+    assert b.answer_pos.tolist() == [6, 15]
     assert b.target_mask.sum(1).tolist() == [1, 1]
-    assert b.target_mask[0, 5] and b.target_mask[1, 13]
-    assert tok.id_to_str(int(b.first_target[0])) == "Paris" and tok.id_to_str(int(b.labels[1, 13])) == "chat"
+    assert b.target_mask[0, 6] and b.target_mask[1, 15]
+    assert tok.id_to_str(int(b.first_target[0])) == "Paris" and tok.id_to_str(int(b.labels[1, 15])) == "chat"
 
 
 def test_multi_token_targets_are_all_in_the_mask(model):

@@ -6,7 +6,7 @@ import torch
 
 from mechheads import MechheadsError, zoo
 from mechheads.detectors import induction_scores
-from mechheads.zoo.card import evaluate, standard_tasks
+from mechheads.zoo.cards import evaluate, standard_tasks
 from mechheads.zoo.specs import SPECS
 from mechheads.zoo.train import main as train_main
 from mechheads.zoo.train import train_reference
@@ -19,7 +19,8 @@ def test_zoo_ships_the_models_with_cards_and_small_checkpoints():
         assert (folder / "model.safetensors").stat().st_size < 5_000_000
         card = zoo.card(name)
         assert "## Held-out accuracy" in card and "python -m mechheads.zoo.train" in card
-        assert json.loads((folder / "config.json").read_text())["training"]["command"].endswith(name)
+        command = json.loads((folder / "config.json").read_text())["training"]["command"]
+        assert command.startswith("python -m mechheads.zoo.train ") and name in command.split()
 
 
 def test_unknown_zoo_model_lists_the_valid_ones():

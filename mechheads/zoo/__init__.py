@@ -60,5 +60,5 @@ def card(name: str) -> str:
     """The model card (markdown): what it was trained on, how, its accuracies and expected circuit."""
     path = model_dir(name) / "card.md"
     if not path.exists():
-        raise MechheadsError(f"zoo model {name!r} has no card yet: run python -m mechheads.zoo.card {name}")
+        raise MechheadsError(f"zoo model {name!r} has no card yet: run python -m mechheads.zoo.cards {name}")
     return path.read_text()

@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     out = args.out or ZOO_DIR / spec.name
     save_checkpoint(out, spec, model, tok, meta)
-    from mechheads.zoo.card import write_card
+    from mechheads.zoo.cards import write_card
 
     write_card(out)
     print((out / "card.md").read_text())

@@ -1,6 +1,6 @@
 """Model cards for zoo models: evaluate a checkpoint and write ``card.md``.
 
-``python -m mechheads.zoo.card NAME`` re-evaluates a shipped model and rewrites its card.
+``python -m mechheads.zoo.cards NAME`` re-evaluates a shipped model and rewrites its card.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     from mechheads import zoo
 
     p = argparse.ArgumentParser(
-        prog="python -m mechheads.zoo.card", description="Re-evaluate a zoo model and rewrite its card."
+        prog="python -m mechheads.zoo.cards", description="Re-evaluate a zoo model and rewrite its card."
     )
     p.add_argument("name", choices=zoo.list_models())
     args = p.parse_args(argv)
