@@ -298,9 +298,13 @@ def evaluate_masks(
     first = torch.where(
         touched.any(-1), touched.float().argmax(-1), torch.full((K,), L, device=masks.device)
     ).tolist()
-    order = sorted((i for i in range(K) if i not in done), key=lambda i: (first[i], i))
+    # Chunks never straddle start layers: a mask mixed into an earlier-starting chunk would rerun
+    # layers that prefix reuse lets it skip.
     per_chunk = max(1, max_rows // B)
-    chunks = [order[i : i + per_chunk] for i in range(0, len(order), per_chunk)]
+    chunks = []
+    for start in sorted(set(first)):
+        group = [i for i in range(K) if first[i] == start and i not in done]
+        chunks += [group[j : j + per_chunk] for j in range(0, len(group), per_chunk)]
 
     resid = None
     if model.reuses_prefix and any(f < L for f in first):
@@ -370,7 +374,7 @@ def _run_chunk(model, batch, masks, ablation, metric_fn, shared_pos, copy_pos, r
         r = resid[hook_resid_pre(start)].repeat(k, 1, 1)
     # Built-in metrics read only target and answer positions: unembed just those.
     positions = batch.needed_positions() if metric_fn in METRICS.values() else None
-    with torch.no_grad(), model.hooks(hooks):
+    with torch.inference_mode(), model.hooks(hooks):
         logits = model.forward_from(tokens, start, r, positions=positions)
     assert logits.shape[0] == N
     scored = batch if positions is None else batch.select_positions(positions)
