@@ -115,6 +115,10 @@ def hook_attn_out(layer: int) -> str:
     return f"blocks.{layer}.hook_attn_out"
 
 
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass early; never escapes HeadModel."""
+
+
 class HeadModel:
     """A TransformerLens model seen through mechheads' narrow protocol.
 
@@ -265,13 +269,16 @@ class HeadModel:
         HookedTransformer the pass starts at ``layer`` from it (``start_at_layer``), so earlier
         blocks are not recomputed, and with ``positions`` (a 1-D index tensor) only those
         positions are unembedded: the result is [batch, len(positions), vocab]. The bridge has no
-        entry point that saves this work (4.x still runs every block, 3.9 refuses), so there the
-        full forward runs on ``tokens`` and the logits are sliced. Hooks on layers before
-        ``layer`` do not fire on the hooked path.
+        entry point that skips blocks (4.x still runs every block, 3.9 refuses), so there the full
+        forward runs on ``tokens``, stopped at the final residual when ``positions`` is given so
+        that only those positions are unembedded. Hooks on layers before ``layer`` do not fire on
+        the hooked path.
         """
         if not self.reuses_prefix:
-            logits = self(tokens)
-            return logits if positions is None else logits[:, positions]
+            if positions is None:
+                return self(tokens)
+            resid = self._final_residual_early(tokens)[:, positions]
+            return self.tl.unembed(self.tl.ln_final(resid))
         start = layer if (resid_pre is not None and layer > 0) else 0
         if start:
             if resid_pre.shape[:2] != tokens.shape:
@@ -285,6 +292,22 @@ class HeadModel:
         if positions is not None:
             resid = resid[:, positions]
         return self.tl.unembed(self.tl.ln_final(resid))
+
+    def _final_residual_early(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Final residual of a full forward, stopping before the unembedding (by hook, then an
+        exception the hook context unwinds through), so the caller can unembed only what it needs."""
+        box: dict[str, torch.Tensor] = {}
+
+        def grab(x, hook):
+            box["resid"] = x
+            raise _StopForward
+
+        try:
+            with self.hooks([(hook_resid_post(self.cfg.n_layers - 1), grab)]):
+                self(tokens)
+        except _StopForward:
+            pass
+        return box["resid"]
 
     def final_residual(
         self, tokens: Int[torch.Tensor, "batch pos"]

@@ -213,3 +213,4 @@ def test_forward_from_a_layer_equals_the_full_forward(tiny, tokens):
     ):
         tiny.forward_from(tokens, 1, cache["blocks.1.hook_resid_pre"])
     assert fired == ([1] if tiny.reuses_prefix else [0, 1])
+    assert tiny.n_attached_hooks() == 0  # the bridge's early stop unwinds its hook too
