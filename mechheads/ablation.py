@@ -206,15 +206,18 @@ def metric_value(model: HeadModel, batch: TokenBatch, metric: str | Metric) -> f
     return v
 
 
-def _fingerprint(model: HeadModel, batch: TokenBatch, masks, ablation: Ablation, metric, extra) -> str:
+def _fingerprint(model: HeadModel, batch: TokenBatch, ablation: Ablation, metric, tensors, extra) -> str:
+    """Identity of a mask evaluation: model, method, metric, and the full bytes of its tensors."""
     h = hashlib.sha256()
     h.update(
         repr(
             (model.name, model.cfg, ablation.label, getattr(metric, "__name__", str(metric)), extra)
         ).encode()
     )
-    for t in (batch.tokens, masks):
-        h.update(t.cpu().numpy().tobytes())
+    for t in (batch.tokens, *tensors):
+        if t is not None:
+            h.update(repr(tuple(t.shape)).encode())
+            h.update(t.cpu().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -276,17 +279,15 @@ def evaluate_masks(
     shared_pos = position_mask(positions, B, T, model.device)
 
     path = Path(checkpoint) if checkpoint is not None else None
+    pos_tensor = positions if isinstance(positions, torch.Tensor) else None
     fp = (
         _fingerprint(
             model,
             batch,
-            masks,
             ablation,
             metric,
-            (
-                positions if not isinstance(positions, torch.Tensor) else positions.tolist(),
-                None if copy_positions is None else copy_positions.sum().item(),
-            ),
+            (masks, copy_positions, pos_tensor),
+            None if pos_tensor is not None else positions,
         )
         if path
         else ""

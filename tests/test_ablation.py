@@ -151,6 +151,19 @@ def test_sweep_resumes_after_interrupt_with_identical_results(tiny, batch, tmp_p
         sweep_heads(tiny, batch, "zero", metric="logit_diff", progress=False, checkpoint=ckpt)
 
 
+def test_checkpoint_tells_apart_position_selections_of_the_same_size(tiny, batch, tmp_path):
+    from mechheads.heads import heads_to_mask
+
+    ckpt = tmp_path / "masks.json"
+    masks = heads_to_mask(["L0H1"], tiny)[None]
+    T = batch.tokens.shape[1]
+    first, last = torch.zeros(1, T, dtype=torch.bool), torch.zeros(1, T, dtype=torch.bool)
+    first[0, 0], last[0, -1] = True, True
+    evaluate_masks(tiny, batch, masks, Ablation.zero(), copy_positions=first, checkpoint=ckpt)
+    with pytest.raises(MechheadsError, match="belongs to a different sweep"):
+        evaluate_masks(tiny, batch, masks, Ablation.zero(), copy_positions=last, checkpoint=ckpt)
+
+
 def test_bad_ablation_input_is_rejected(tiny, batch):
     with pytest.raises(MechheadsError, match="no heads given"):
         sweep_heads(tiny, batch, heads=[], progress=False)
