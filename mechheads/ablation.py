@@ -92,8 +92,7 @@ class Ablation:
         """Mean ``z`` of every head over ``reference`` (its non-padding positions)."""
         batch = as_batch(model, reference)
         _, cache = model.run_with_cache(batch.tokens, [hook_z(layer) for layer in range(model.cfg.n_layers)])
-        T = batch.tokens.shape[1]
-        valid = (torch.arange(T, device=batch.tokens.device)[None] < batch.lengths[:, None]).float()  # [B, T]
+        valid = batch.valid_mask().float()  # [B, T]
         values = {}
         for layer in range(model.cfg.n_layers):
             z = cache[hook_z(layer)]
@@ -308,12 +307,10 @@ def evaluate_masks(
         chunks += [group[j : j + per_chunk] for j in range(0, len(group), per_chunk)]
 
     resid = None
-    if model.reuses_prefix and any(f < L for f in first):
-        layers = sorted({f for f in first if 0 < f < L})
-        if layers:
-            with torch.no_grad():
-                _, cache = model.run_with_cache(batch.tokens, [hook_resid_pre(layer) for layer in layers])
-            resid = cache
+    starts = sorted({first[c[0]] for c in chunks if 0 < first[c[0]] < L})  # only layers still to run
+    if model.reuses_prefix and starts:
+        with torch.no_grad():
+            _, resid = model.run_with_cache(batch.tokens, [hook_resid_pre(layer) for layer in starts])
 
     values = dict(done)
     bar = tqdm(total=K, initial=len(done), desc=desc, disable=not progress, leave=False)
@@ -346,6 +343,34 @@ def evaluate_masks(
     return out
 
 
+def masked_hooks(
+    model: HeadModel,
+    ablation: Ablation,
+    masks: torch.Tensor,
+    batch_size: int,
+    pos_mask: torch.Tensor | None = None,
+) -> list:
+    """``hook_z`` hooks for a batch repeated ``len(masks)`` times (copy-major): copy k takes
+    ``ablation``'s values at the heads where ``masks[k]`` ([layer, head]) is True, optionally only
+    where ``pos_mask`` ([rows, pos]) is True."""
+    k = masks.shape[0]
+    hooks = []
+    for layer in range(model.cfg.n_layers):
+        sel = masks[:, layer, :]
+        if not bool(sel.any()):
+            continue
+        rows = sel.repeat_interleave(batch_size, 0)  # [rows, head]
+
+        def fn(z, hook, layer=layer, rows=rows):
+            m = rows[:, None, :, None]
+            if pos_mask is not None:
+                m = m & pos_mask[:, :, None, None]
+            return torch.where(m, ablation.new_z(layer, z, k), z)
+
+        hooks.append((hook_z(layer), fn))
+    return hooks
+
+
 def _run_chunk(model, batch, masks, ablation, metric_fn, shared_pos, copy_pos, resid, start) -> torch.Tensor:
     k, B = masks.shape[0], len(batch)
     N = k * B
@@ -355,20 +380,7 @@ def _run_chunk(model, batch, masks, ablation, metric_fn, shared_pos, copy_pos, r
     if copy_pos is not None:
         cp = copy_pos.repeat_interleave(B, 0)
         pos_mask = cp if pos_mask is None else pos_mask & cp
-    hooks = []
-    for layer in range(model.cfg.n_layers):
-        sel = masks[:, layer, :]
-        if not bool(sel.any()):
-            continue
-        rows = sel.repeat_interleave(B, 0)  # [N, H]
-
-        def fn(z, hook, layer=layer, rows=rows):
-            m = rows[:, None, :, None]
-            if pos_mask is not None:
-                m = m & pos_mask[:, :, None, None]
-            return torch.where(m, ablation.new_z(layer, z, k), z)
-
-        hooks.append((hook_z(layer), fn))
+    hooks = masked_hooks(model, ablation, masks, B, pos_mask)
     tokens = batch.tokens.repeat(k, 1)
     r = None
     if resid is not None and 0 < start < model.cfg.n_layers:

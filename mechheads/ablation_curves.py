@@ -29,13 +29,14 @@ from mechheads.ablation import (
     as_ablation,
     as_batch,
     evaluate_masks,
+    masked_hooks,
     masks_from_head_sets,
     metric_name,
     prepare,
 )
 from mechheads.errors import MechheadsError
 from mechheads.heads import Head, HeadsLike, all_heads, heads_to_mask, parse_heads
-from mechheads.model import HeadModel, hook_resid_post, hook_z
+from mechheads.model import HeadModel, hook_resid_post
 from mechheads.tasks.core import Task, TokenBatch
 from mechheads.tasks.metrics import Metric
 
@@ -297,25 +298,13 @@ def distribution_shift(
     L = model.cfg.n_layers
     names = [hook_resid_post(layer) for layer in range(L)]
     _, clean = model.run_with_cache(batch.tokens, names)
-    T = batch.tokens.shape[1]
-    valid = torch.arange(T, device=batch.tokens.device)[None] < batch.lengths[:, None]
-    mask = heads_to_mask(hs, model).to(model.device)
+    valid = batch.valid_mask()
+    mask = heads_to_mask(hs, model).to(model.device)[None]
     rows = []
     for item in ablations:
         abl = as_ablation(item)
         abl.check_fits(batch.tokens)
-        hooks = []
-        for layer in range(L):
-            idx = mask[layer]
-            if idx.any():
-                hooks.append(
-                    (
-                        hook_z(layer),
-                        lambda z, hook, layer=layer, idx=idx, abl=abl: torch.where(
-                            idx[None, None, :, None], abl.new_z(layer, z, 1), z
-                        ),
-                    )
-                )
+        hooks = masked_hooks(model, abl, mask, len(batch))
         with model.hooks(hooks):
             _, ablated = model.run_with_cache(batch.tokens, names)
         for layer in range(L):

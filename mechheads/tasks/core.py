@@ -65,6 +65,11 @@ class TokenBatch:
             torch.full((B,), n_target, device=tokens.device),
         )
 
+    def valid_mask(self) -> Bool[torch.Tensor, "batch pos"]:
+        """True at every non-padding position."""
+        T = self.tokens.shape[1]
+        return torch.arange(T, device=self.tokens.device)[None] < self.lengths[:, None]
+
     def needed_positions(self) -> torch.Tensor:
         """Sorted positions any built-in metric reads: target positions and answer positions."""
         used = self.target_mask.any(0)
