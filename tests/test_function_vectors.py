@@ -1,0 +1,138 @@
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import TINY, perturbed_state
+
+from mechheads import MechheadsError, Task, build_model, replace_heads, zoo
+from mechheads.function_vectors import (
+    AIEResult,
+    FunctionVector,
+    average_indirect_effect,
+    evaluate_function_vector,
+    function_vector,
+    mean_head_activations,
+    shuffled_task,
+    significant_heads,
+    zero_shot_task,
+)
+from mechheads.tasks import function_task
+from mechheads.tasks.metrics import accuracy, first_token_prob
+from mechheads.tokenizer import WordTokenizer
+
+
+@pytest.fixture
+def tasks4l(backend):
+    return zoo.load("tasks-4l", backend=backend)
+
+
+def test_shuffled_task_permutes_outputs_and_keeps_the_query():
+    task = function_task("antonym", n=6)
+    shuf = shuffled_task(task, seed=1)
+    assert shuf.targets == task.targets
+    assert shuffled_task(task, seed=1).prompts == shuf.prompts  # seeded
+    for clean, bad in zip(task.prompts, shuf.prompts, strict=True):
+        c, b = clean.split("\n\n"), bad.split("\n\n")
+        assert c[-1] == b[-1]  # the query
+        assert [x.split("\nA:")[0] for x in c] == [x.split("\nA:")[0] for x in b]  # the inputs
+        assert sorted(x.split("\nA:")[1] for x in c[:-1]) == sorted(x.split("\nA:")[1] for x in b[:-1])
+        assert c != b
+
+
+def test_zero_shot_task_keeps_only_the_query():
+    task = function_task("capitalize", n=3)
+    zs = zero_shot_task(task)
+    assert all(p.startswith("Q: ") and p.endswith("\nA:") and p.count("\n") == 1 for p in zs.prompts)
+    assert [p.split("\n\n")[-1] for p in task.prompts] == zs.prompts
+
+
+def test_prompts_in_another_format_are_an_error():
+    with pytest.raises(MechheadsError, match="Todd et al. format"):
+        shuffled_task(Task("x", ["a b c"], [" d"]))
+    with pytest.raises(MechheadsError, match="Todd et al. format"):
+        zero_shot_task(function_task("antonym", "instruction", n=2))
+
+
+def test_too_few_solved_items_is_a_clear_error(backend):
+    words = ["Q", ":", "A", "\n"] + [f"w{i}" for i in range(TINY.d_vocab - 6)]
+    cfg = dataclasses.replace(TINY, n_ctx=32)
+    model = build_model(cfg, perturbed_state(cfg), backend=backend, tokenizer=WordTokenizer(words))
+    prompts = ["Q: w1\nA: w2\n\nQ: w3\nA: w4\n\nQ: w5\nA:", "Q: w6\nA: w7\n\nQ: w8\nA: w9\n\nQ: w1\nA:"]
+    task = Task("tiny", prompts, [" w2", " w3"])
+    with torch.no_grad():
+        n_solved = int(accuracy(model(task.batch(model).tokens), task.batch(model), "none").sum())
+    with pytest.raises(MechheadsError, match=rf"solves {n_solved} of 2 items.*n_trials=5"):
+        average_indirect_effect(model, task, n_trials=5, progress=False)
+
+
+def test_aie_equals_patching_each_head_by_hand_and_reports_filtering(tasks4l):
+    task = function_task("country-capital", n=8, seed=3)
+    res = average_indirect_effect(tasks4l, task, n_trials=4, progress=False)
+    assert isinstance(res, AIEResult) and res.per_trial.shape == (16, 4)
+    assert res.filtered.n.sum() == len(task)
+    assert res.filtered.set_index("reason").n["kept as trials"] == 4
+    # by hand: the first 4 solved items, outputs shuffled, one forward per head
+    batch = task.batch(tasks4l)
+    with torch.no_grad():
+        ok = (
+            tasks4l(batch.tokens)[torch.arange(8), batch.answer_pos].argmax(-1) == batch.first_target
+        ).numpy()
+    trials = task.subset(np.flatnonzero(ok)[:4].tolist())
+    corrupted = shuffled_task(trials).batch(tasks4l)
+    mean = mean_head_activations(tasks4l, task)
+    with torch.no_grad():
+        base = first_token_prob(tasks4l(corrupted.tokens), corrupted, "none")
+        for layer, head in [(0, 0), (2, 1), (3, 3)]:
+            with replace_heads(tasks4l, {(layer, head): mean[layer, head]}, positions=corrupted.answer_pos):
+                p = first_token_prob(tasks4l(corrupted.tokens), corrupted, "none")
+            row = res.table[(res.table.layer == layer) & (res.table["head"] == head)]
+            assert abs(row.aie.iloc[0] - (p - base).mean().item()) < 1e-5
+    assert res.to_array().shape == (4, 4)
+
+
+def test_function_vector_is_the_sum_of_top_heads_through_W_O(tasks4l):
+    L, H, dh = 4, 4, 32
+    g = torch.Generator().manual_seed(0)
+    aie = torch.randn(L * H, generator=g).numpy()
+    table = pd.DataFrame(dict(layer=np.repeat(range(L), H), head=np.tile(range(H), L), aie=aie))
+    res = AIEResult("t", table, aie[:, None], pd.DataFrame(), torch.randn(L, H, dh, generator=g), 0.0, 1.0)
+    fv = function_vector(tasks4l, res, k=3, bias=False)
+    order = np.argsort(-aie)[:3]
+    assert [(h.layer, h.head) for h in fv.heads] == [(int(i // H), int(i % H)) for i in order]
+    want = sum(res.mean[h.layer, h.head] @ tasks4l.W_O[h.layer, h.head] for h in fv.heads)
+    assert torch.allclose(fv.vector, want.detach(), atol=1e-5)
+    with_bias = function_vector(tasks4l, res, k=3)
+    assert torch.allclose(with_bias.vector - fv.vector, tasks4l.b_O[fv.heads[0].layer].detach(), atol=1e-6)
+    with pytest.raises(MechheadsError, match="k must be"):
+        function_vector(tasks4l, res, k=17)
+
+
+def test_a_zero_vector_changes_no_accuracy_and_a_vector_is_added_at_the_last_token(tasks4l):
+    task = function_task("present-past", n=6, seed=2)
+    zero = FunctionVector("t", torch.zeros(tasks4l.cfg.d_model), [])
+    df = evaluate_function_vector(tasks4l, zero, task, layers=[0, 3], conditions=("zero-shot", "clean"))
+    assert list(df.columns) == ["task", "condition", "layer", "n", "acc_without", "acc_with", "gain"]
+    assert len(df) == 4 and (df.gain == 0).all()
+    # a huge vector towards one wrong token takes over the prediction at the last token
+    wrong = tasks4l.tokenizer.encode("Paris")[0]
+    push = FunctionVector("t", 50 * tasks4l.W_U[:, wrong].detach(), [])
+    df = evaluate_function_vector(tasks4l, push, task, layers=[3], conditions=("clean",))
+    assert df.acc_without.iloc[0] > 0.5 and df.acc_with.iloc[0] == 0.0
+    with pytest.raises(MechheadsError, match="out of range"):
+        evaluate_function_vector(tasks4l, zero, task, layers=[4])
+    with pytest.raises(MechheadsError, match="unknown condition"):
+        evaluate_function_vector(tasks4l, zero, task, conditions=("noisy",))
+
+
+def test_significant_heads_are_three_sigma_above_the_mean():
+    aie = np.zeros(16)
+    aie[5] = 1.0
+    table = pd.DataFrame(dict(layer=np.repeat(range(4), 4), head=np.tile(range(4), 4), aie=aie))
+    res = AIEResult("t", table, aie[:, None], pd.DataFrame(), torch.zeros(4, 4, 2), 0.0, 1.0)
+    sig = significant_heads(res)
+    assert sig.significant.sum() == 1 and sig[sig.significant].index[0] == 5
+    z = (aie - aie.mean()) / aie.std()
+    assert np.allclose(sig.z, z)
+    assert set(sig.columns) >= {"task", "method", "layer", "head", "score", "z", "significant"}
