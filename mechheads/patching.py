@@ -18,9 +18,9 @@ What is patched where:
   callable ``batch -> per-prompt lists`` (e.g. "the third item of every example").
 
 Index-based positions pair source and destination *by index*, so both must have the same token
-length prompt by prompt (else :class:`~mechheads.errors.MechheadsError`). Roles and callables are
-resolved separately on each side and paired slot by slot (the j-th "third item" of the source
-with the j-th of the destination), so lengths may differ.
+length prompt by prompt (else :class:`~mechheads.errors.MechheadsError`). Roles and callables —
+and explicit ``source_positions`` — are resolved separately on each side and paired slot by slot
+(the j-th "third item" of the source with the j-th of the destination), so lengths may differ.
 
 Engine: the destination batch is repeated K times (copy-major) and copy k patches the heads of
 mask k, K copies per forward up to ``max_rows`` rows, grouped by first patched layer so that on
@@ -203,7 +203,8 @@ def _aligned_source(
             f"the source has {len(source)} prompts and the destination {B}: they pair up row by row"
         )
     src_spec = spec if source_positions is None else source_positions
-    if is_role(src_spec):
+    if is_role(src_spec) or source_positions is not None:
+        # resolved on each side and paired slot by slot
         src_rows = resolve_positions(source, src_spec)
         for b, (s, d) in enumerate(zip(src_rows, dest_rows, strict=True)):
             if len(s) != len(d):
@@ -221,7 +222,7 @@ def _aligned_source(
                 f"destination {int(dest.lengths[b])}). Use a role such as 'last' or a callable that finds the "
                 "positions on each side, or make the prompts the same length"
             )
-        src_rows = dest_rows if source_positions is None else resolve_positions(source, source_positions)
+        src_rows = dest_rows
     names = [hook_z(layer) for layer in range(model.cfg.n_layers)]
     _, cache = model.run_with_cache(source.tokens, names)
     out = {}

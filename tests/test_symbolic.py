@@ -1,0 +1,131 @@
+import numpy as np
+import pytest
+import torch
+
+from mechheads import MechheadsError, zoo
+from mechheads.patching import patched
+from mechheads.symbolic import (
+    cumulative_validation,
+    permutation_test,
+    significant_heads,
+    symbolic_pairs,
+    symbolic_scores,
+)
+from mechheads.tasks.metrics import logit_diff
+
+
+@pytest.fixture
+def tasks4l(backend):
+    return zoo.load("tasks-4l", backend=backend)
+
+
+@pytest.fixture(scope="module")
+def model_hooked():
+    return zoo.load("tasks-4l")
+
+
+def _lines(prompt):
+    *ex, q = prompt.split("\n")
+    return [e.split("^") for e in ex], q.split("^")[:2]
+
+
+def test_pairs_flip_the_rule_or_swap_the_query(model_hooked):
+    pairs = symbolic_pairs(model_hooked, 12, n_examples=3, seed=1)
+    for i in range(12):
+        rule = pairs.meta.rule[i]
+        bex, (c, d) = _lines(pairs.base.prompts[i])
+        fex, fq = _lines(pairs.flip.prompts[i])
+        sex, sq = _lines(pairs.swap.prompts[i])
+        assert all((x[2] == x[0]) == (rule == "ABA") for x in bex)
+        assert [[b, a, t] for a, b, t in bex] == fex  # items 1 and 2 swapped: the rule flips
+        assert all((x[2] == x[1]) == (rule == "ABA") for x in fex)
+        assert sex == bex and fq == sq == [d, c]
+        base_answer = c if rule == "ABA" else d
+        assert pairs.base.targets[i] == base_answer
+        # flip: own answer by the flipped rule on (d, c); causal = base rule on (d, c)
+        assert pairs.flip.alt_targets[i] == (c if rule == "ABA" else d)
+        assert pairs.flip.targets[i] == (d if rule == "ABA" else c)
+        # swap: own answer by the base rule on (d, c); causal = the base answer token
+        assert pairs.swap.targets[i] == base_answer and pairs.swap.alt_targets[i] == (
+            d if rule == "ABA" else c
+        )
+
+
+def test_third_item_positions_point_at_the_third_items(model_hooked):
+    pairs = symbolic_pairs(model_hooked, 5, n_examples=4)
+    for version, task in (("base", pairs.base), ("flip", pairs.flip)):
+        batch = task.batch(model_hooked)
+        for i in range(5):
+            ex, _ = _lines(task.prompts[i])
+            got = model_hooked.to_str_tokens(batch.tokens[i, pairs.third_items[version][i]])
+            assert got == [x[2] for x in ex]
+
+
+def test_permutation_test_p_values():
+    g = np.random.default_rng(0)
+    own, null = g.normal(1.0, 0.1, (2, 30)), g.normal(0.0, 0.1, (2, 30))
+    own[1] = null[1]  # no difference on the second row
+    stat, p = permutation_test(own, null, 999, seed=1)
+    assert p[0] == pytest.approx(1 / 1000) and p[1] > 0.3
+    assert stat[1] == 0
+    with pytest.raises(MechheadsError, match="rows, n"):
+        permutation_test(own, null[:, :5])
+
+
+def test_scores_equal_patching_one_head_by_hand(tasks4l):
+    res = symbolic_scores(tasks4l, n=16, min_pairs=4, n_permutations=99, progress=False)
+    assert set(res.scores.kind) == {"abstraction", "induction", "retrieval"}
+    flt = res.filtered
+    for version in ("flip", "swap"):
+        assert flt[flt.version == version].n.sum() == 16
+    kept = flt[(flt.version == "flip") & flt.reason.str.startswith("kept")].n.iloc[0]
+    assert res.per_pair["abstraction"].shape == (16, kept)
+    # by hand, head L2H1 at the third-item positions, flip pairs solved in both versions
+    from mechheads.function_vectors import solved
+    from mechheads.symbolic import _own
+
+    pairs = res.pairs
+    ok = solved(tasks4l, pairs.base) & solved(tasks4l, _own(pairs.flip))
+    sub = pairs.subset(np.flatnonzero(ok).tolist())
+    exp = sub.flip.batch(tasks4l)
+    with torch.no_grad():
+        before = logit_diff(tasks4l(exp.tokens), exp, "none")
+        with patched(
+            tasks4l,
+            sub.flip,
+            sub.base,
+            ["L2H1"],
+            positions=sub.third_items["flip"],
+            source_positions=sub.third_items["base"],
+        ):
+            after = logit_diff(tasks4l(exp.tokens), exp, "none")
+    row = res.scores[(res.scores.kind == "abstraction") & (res.scores.layer == 2) & (res.scores["head"] == 1)]
+    assert abs(row.score.iloc[0] - (after - before).mean().item()) < 1e-4
+    assert ((res.scores.p > 0) & (res.scores.p <= 1)).all()
+    assert (res.scores.significant <= (res.scores.p < res.info["threshold"])).all()
+
+
+def test_too_few_solved_pairs_is_a_clear_error(model_hooked):
+    with pytest.raises(MechheadsError, match=r"of 6 flip pairs are solved in both.*min_pairs=50"):
+        symbolic_scores(model_hooked, n=6, min_pairs=50, progress=False)
+    with pytest.raises(MechheadsError, match="unknown kinds"):
+        symbolic_scores(model_hooked, n=6, kinds=("memory",), progress=False)
+
+
+def test_cumulative_validation_controls(model_hooked):
+    res = symbolic_scores(
+        model_hooked, n=20, min_pairs=4, kinds=("retrieval",), n_permutations=99, progress=False
+    )
+    val = cumulative_validation(model_hooked, res, "retrieval", k=2, n_random=3)
+    assert set(val.control) == {"score order", "same-layer lowest", "random"}
+    top = [str(h) for h in res.ranking("retrieval")[:2]]
+    assert val[(val.control == "score order") & (val.k == 2)].heads.iloc[0] == " ".join(top)
+    ctrl = val[(val.control == "same-layer lowest") & (val.k == 1)].heads.iloc[0]
+    assert ctrl[:2] == top[0][:2] and ctrl != top[0]  # same layer, another head
+    assert (val[val.k == 0].damage == 0).all()
+    rnd = val[val.control == "random"]
+    assert (rnd.q25 <= rnd.q75).all() and (rnd.heads == "3 random sets").all()
+    with pytest.raises(MechheadsError, match="was not scored"):
+        cumulative_validation(model_hooked, res, "induction")
+    sig = significant_heads(res)
+    assert len(sig) == 16 and set(sig.columns) >= {"task", "layer", "head", "score", "significant"}
