@@ -5,6 +5,7 @@ from mechheads.tasks.generators import (
     FUNCTION_TASK_NAMES,
     aba_abb_task,
     function_task,
+    function_task_pair,
     induction_task,
     ioi_task,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "aba_abb_task",
     "accuracy",
     "function_task",
+    "function_task_pair",
     "get_metric",
     "induction_task",
     "ioi_task",

@@ -90,6 +90,39 @@ def function_task(name: str, fmt: Format = "icl", *, n: int = 100, n_shots: int 
     return Task(f"{name}/{fmt}", [p for p, _ in pairs], [t for _, t in pairs], meta=pd.DataFrame(metas))
 
 
+def function_task_pair(
+    name: str, *, n: int = 100, n_shots: int = 10, seed: int = 0
+) -> tuple[Task, Task]:
+    """The same items in both formats: ``(icl_task, instruction_task)``, row i of each asking the
+    same query with the same answer (the instruction prompt's one example is the first ICL
+    demonstration). Matched pairs like these are what contrastive CHG fits on.
+
+    Example:
+        >>> icl, instr = function_task_pair("antonym", n=3)
+        >>> icl.targets == instr.targets
+        True
+    """
+    mapping = _check_function_task(name)
+    _check_positive("n", n)
+    _check_positive("n_shots", n_shots)
+    if n_shots + 1 > len(mapping):
+        raise MechheadsError(f"n_shots={n_shots} needs {n_shots + 1} distinct words; task {name!r} has {len(mapping)}")
+    rng = random.Random(f"{name}|pair|{n_shots}|{seed}")
+    rows: dict[str, list] = {"icl": [], "instruction": []}
+    for _ in range(n):
+        keys = rng.sample(sorted(mapping), n_shots + 1)
+        q, demos = keys[-1], keys[:-1]
+        for fmt, shown in (("icl", demos), ("instruction", demos[:1])):
+            head = words.INSTRUCTIONS[name] + "\n" if fmt == "instruction" else ""
+            prompt = head + "".join(f"Q: {x}\nA: {mapping[x]}\n\n" for x in shown) + f"Q: {q}\nA:"
+            meta = {"task": name, "format": fmt, "query": q, "answer": mapping[q], "demos": shown}
+            rows[fmt].append((prompt, f" {mapping[q]}", meta))
+    return tuple(  # type: ignore[return-value]
+        Task(f"{name}/{fmt}", [r[0] for r in rs], [r[1] for r in rs], meta=pd.DataFrame([r[2] for r in rs]))
+        for fmt, rs in rows.items()
+    )
+
+
 # ----- ABA / ABB ---------------------------------------------------------------------------------
 def aba_segments(
     rng: random.Random, n_examples: int = 3, rule: Rule = "mixed", supervise_examples: bool = False

@@ -1,0 +1,317 @@
+"""Causal Head Gating: fitting, taxonomy, multi-seed batching, validation, contrastive CHG, resume."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY, perturbed_state
+
+from mechheads import ArchConfig, MechheadsError, TokenBatch, build_model
+from mechheads.arch import init_state
+from mechheads.chg import (
+    DEFAULT_LAMBDA,
+    CHGConfig,
+    CHGResult,
+    ContrastiveConfig,
+    PhaseFit,
+    RegressionLoss,
+    TaskLoss,
+    evaluate_gates,
+    fit,
+    fit_contrastive,
+    fit_phase,
+    init_logits,
+    per_gate_lambda,
+    role_labels,
+    validate,
+)
+from mechheads.hooks import gate_heads
+
+# A 1-layer, 4-head model whose heads write fixed vectors (W_V = 0, b_V constant), so their roles
+# are known by construction (REFERENCE §1's check): head 0 raises the target token (facilitating),
+# head 1 raises a competitor (interfering), head 2 raises the target weakly (facilitating, weaker),
+# head 3 writes nothing (irrelevant). Every token embeds to the same vector, so the prediction is
+# the same at every position: target token 0.
+HAND = ArchConfig(n_layers=1, n_heads=4, d_model=8, d_head=2, d_vocab=4, n_ctx=8)
+
+
+def hand_state(writes=(1.0, 1.0, 0.5, 0.0)) -> dict[str, torch.Tensor]:
+    s = {k: torch.zeros_like(v) for k, v in init_state(HAND, 0).items()}
+    s["blocks.0.ln1.w"] = torch.ones(8)
+    s["ln_final.w"] = torch.ones(8)
+    s["embed.W_E"][:] = torch.tensor([0, 0, 0, 0, 3.0, -3.0, 3.0, -3.0])
+    target_dim = [0, 1, 0, 0]  # which token each head raises
+    for h, (w, d) in enumerate(zip(writes, target_dim, strict=True)):
+        s["blocks.0.attn.b_V"][h] = torch.tensor([1.0, 0.0])
+        s["blocks.0.attn.W_O"][h, 0, d] = w * 3.0  # LayerNorm divides by ~3 (the embedding's scale)
+    s["unembed.W_U"][:4, :4] = torch.eye(4)
+    return s
+
+
+def hand_model(backend):
+    return build_model(HAND, hand_state(), backend=backend)
+
+
+def hand_batch(n=64, seed=0, target=0) -> TokenBatch:
+    g = torch.Generator().manual_seed(seed)
+    toks = torch.randint(0, 4, (n, 5), generator=g)
+    toks[:, -1] = target
+    return TokenBatch.from_tokens(toks, n_target=1)
+
+
+FAST = CHGConfig(n_updates=100, batch_size=32, lam=DEFAULT_LAMBDA)
+
+
+def test_hand_model_heads_do_what_they_were_built_to(backend):
+    model, batch = hand_model(backend), hand_batch()
+    base = evaluate_gates(model, batch, torch.ones(1, 1, 4))[0]
+    for h, sign in ((0, -1), (1, +1), (2, -1)):
+        g = torch.ones(1, 1, 4)
+        g[0, 0, h] = 0
+        delta = evaluate_gates(model, batch, g)[0] - base
+        assert np.sign(float(delta)) == sign and abs(float(delta)) > 0.05
+    g = torch.ones(1, 1, 4)
+    g[0, 0, 3] = 0
+    assert abs(float(evaluate_gates(model, batch, g)[0] - base)) < 1e-6
+
+
+def test_taxonomy_recovers_the_built_roles(backend):
+    model, batch = hand_model(backend), hand_batch(128)
+    res = fit(model, batch, seeds=[0, 1, 2], config=FAST, progress=False)
+    agg = res.aggregate("always").set_index("head")
+    assert list(agg.role) == ["facilitating", "interfering", "facilitating", "irrelevant"]
+    assert agg.facilitation[0] > 0.9 and agg.interference[1] > 0.9 and agg.irrelevance[3] > 0.9
+    assert model.n_attached_hooks() == 0
+
+
+def test_mean_form_lambda_on_few_heads_drowns_the_task_signal(backend):
+    # REFERENCE §1: the reference's λ = 0.1 on the *mean* over 4 gates is 0.025 per gate — ~170×
+    # the paper's per-gate pressure — and a weakly interfering head comes out irrelevant; the
+    # per-gate default keeps it interfering.
+    model = build_model(HAND, hand_state(writes=(1.0, 0.15, 0.5, 0.0)), backend=backend)
+    batch = hand_batch(128)
+    strong = CHGConfig(n_updates=100, batch_size=32, lam=per_gate_lambda(0.1, model))
+    assert strong.lam == pytest.approx(0.025)
+    roles = {}
+    for name, cfg in (("strong", strong), ("default", replace(strong, lam=DEFAULT_LAMBDA))):
+        roles[name] = fit(model, batch, seeds=[0], config=cfg, progress=False).scores().role[1]
+    assert roles == {"strong": "irrelevant", "default": "interfering"}
+
+
+def _backends():
+    from mechheads.model import available_backends
+
+    return available_backends()
+
+
+def test_joint_seeds_equal_separate_fits(backend):
+    model = build_model(TINY, perturbed_state(TINY), backend=backend)
+    toks = torch.randint(0, TINY.d_vocab, (24, 8), generator=torch.Generator().manual_seed(1))
+    batch = TokenBatch.from_tokens(toks, n_target=3)
+    cfg = CHGConfig(n_updates=12, batch_size=8)
+    joint = fit(model, batch, seeds=[3, 4, 5], config=cfg, progress=False)
+    for i, s in enumerate([3, 4, 5]):
+        alone = fit(model, batch, seeds=[s], config=cfg, progress=False)
+        for phase in ("zero", "plus", "minus"):
+            diff = (joint.phases[phase].logits[i] - alone.phases[phase].logits[0]).abs().max()
+            assert diff <= 1e-4, (phase, s, float(diff))
+            traj = (joint.phases[phase].trajectory[:, i] - alone.phases[phase].trajectory[:, 0]).abs().max()
+            assert traj <= 1e-5
+
+
+def test_same_seed_same_gates_and_trajectory_ends_at_result(backend):
+    model, batch = hand_model(backend), hand_batch()
+    cfg = CHGConfig(n_updates=20, batch_size=16)
+    a = fit(model, batch, seeds=[7], config=cfg, progress=False)
+    b = fit(model, batch, seeds=[7], config=cfg, progress=False)
+    for p in ("zero", "plus", "minus"):
+        assert torch.equal(a.phases[p].logits, b.phases[p].logits)
+        assert torch.allclose(a.phases[p].trajectory[-1], torch.sigmoid(a.phases[p].logits))
+    c = fit(model, batch, seeds=[8], config=cfg, progress=False)
+    assert not torch.equal(a.phases["zero"].logits, c.phases["zero"].logits)
+    traj = a.trajectory()
+    assert len(traj) == 3 * 20 * 4 and set(traj.phase) == {"zero", "plus", "minus"}
+
+
+def test_init_is_uniform_gates_per_seed():
+    model = build_model(HAND, hand_state(), backend=_backends()[0])
+    lg = init_logits(model, range(200))
+    g = torch.sigmoid(lg)
+    assert (
+        g.shape == (200, 1, 4)
+        and 0.45 < float(g.mean()) < 0.55
+        and float(g.min()) < 0.05
+        and float(g.max()) > 0.95
+    )
+    assert torch.equal(init_logits(model, [3]), init_logits(model, [3]))
+
+
+class Interrupt(Exception):
+    pass
+
+
+class Flaky:
+    """Wraps an objective and raises on its ``fail_at``-th call (a simulated interrupt)."""
+
+    def __init__(self, inner, fail_at=None, nan_at=None):
+        self.inner, self.fail_at, self.nan_at, self.calls = inner, fail_at, nan_at, 0
+
+    def __len__(self):
+        return len(self.inner)
+
+    def fingerprint(self):
+        return self.inner.fingerprint()
+
+    def __call__(self, idx, k):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise Interrupt
+        out = self.inner(idx, k)
+        return out * float("nan") if self.calls == self.nan_at else out
+
+
+def test_interrupted_fit_resumes_to_identical_gates(backend, tmp_path):
+    model, batch = hand_model(backend), hand_batch()
+    obj = TaskLoss(model, batch)
+    start = init_logits(model, [0, 1])
+    kw = dict(phase="plus", lam=0.01, n_updates=30, lr=(0.5, 0.1), batch_size=16, progress=False)
+    ref = fit_phase(model, obj, start, **kw)
+    ck = tmp_path / "plus.pt"
+    with pytest.raises(Interrupt):
+        fit_phase(model, Flaky(obj, fail_at=17), start, checkpoint=ck, checkpoint_every=5, **kw)
+    assert model.n_attached_hooks() == 0 and ck.exists()
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+    resumed = fit_phase(model, obj, start, checkpoint=ck, checkpoint_every=5, **kw)
+    assert torch.equal(resumed.logits, ref.logits)
+    assert torch.equal(resumed.trajectory, ref.trajectory)
+    with pytest.raises(MechheadsError, match="different fit"):
+        fit_phase(model, obj, start, checkpoint=ck, **{**kw, "lam": 0.02})
+
+
+def test_validation_curves_follow_predictions(backend):
+    model, batch = hand_model(backend), hand_batch(128)
+    res = fit(model, batch, seeds=[0], config=FAST, progress=False)
+    val = validate(model, batch, res)
+    checks = val.checks.set_index("order")
+    assert bool(checks.matches["facilitation"]) and bool(checks.matches["interference"])
+    assert bool(checks.matches["irrelevance"])
+    assert set(val.curves.order) == {"facilitation", "irrelevance", "interference"}
+    assert val.curves.groupby("order").k.max().eq(4).all()
+
+
+def test_evaluate_gates_batched_equals_one_at_a_time(backend):
+    model = build_model(TINY, perturbed_state(TINY), backend=backend)
+    toks = torch.randint(0, TINY.d_vocab, (6, 8), generator=torch.Generator().manual_seed(2))
+    batch = TokenBatch.from_tokens(toks, n_target=2)
+    gates = torch.rand(7, TINY.n_layers, TINY.n_heads, generator=torch.Generator().manual_seed(3))
+    fast = evaluate_gates(model, batch, gates, max_rows=12)  # 2 gate sets per forward
+    from mechheads.tasks.metrics import target_logprob
+
+    with torch.no_grad():
+        for i in range(len(gates)):
+            with gate_heads(model, gates[i]):
+                slow = target_logprob(model(batch.tokens), batch)
+            assert abs(float(fast[i]) - float(slow)) <= 1e-5
+
+
+def test_scores_roles_and_table2_from_known_gates():
+    # two seeds, 1 layer × 4 heads; G+ and G− chosen by hand
+    gp = torch.tensor([[[0.9, 0.1, 0.95, 0.2]], [[0.9, 0.2, 0.95, 0.8]]])
+    gm = torch.tensor([[[0.8, 0.1, 0.05, 0.9]], [[0.3, 0.1, 0.05, 0.9]]])
+    phases = {
+        p: PhaseFit(p, 0.0, torch.logit(g), torch.zeros(1, 2, 1, 4), torch.zeros(1, 2))
+        for p, g in (("zero", gp), ("plus", gp), ("minus", gm))
+    }
+    res = CHGResult(1, 4, [0, 1], CHGConfig(), phases)
+    s = res.scores()
+    assert np.allclose(s.facilitation, gm.flatten().double()) and np.allclose(
+        s.interference, 1 - gp.flatten().double()
+    )
+    assert np.allclose(s.irrelevance, (gp * (1 - gm)).flatten().double())
+    assert s.role.tolist() == ["facilitating", "interfering", "irrelevant", "mixed"] + [
+        "irrelevant",
+        "interfering",
+        "irrelevant",
+        "facilitating",
+    ]
+    t2 = res.summary().set_index("aggregate")
+    # always (min): F = [0.3, 0.1, 0.05, 0.9] -> 1 of 4; N = 1 - max G+ = [0.1, 0.8, 0.05, 0.2] -> 1 of 4
+    assert t2.pct_facilitating["always"] == 25 and t2.pct_interfering["always"] == 25
+    # any (max): F = [0.8, 0.1, 0.05, 0.9] -> 2; N = 1 - min G+ = [0.1, 0.9, 0.05, 0.8] -> 2
+    assert t2.pct_facilitating["any"] == 50 and t2.pct_interfering["any"] == 50
+    e = res.ecdf()
+    assert set(e.score) == {"facilitation", "interference", "irrelevance"} and e.proportion.max() == 1.0
+    assert res.to_array("facilitation", "any").shape == (1, 4)
+
+
+def test_role_labels_mixed_when_both_fits_disagree():
+    lab = role_labels(np.array([0.9, 0.1]), np.array([0.8, 0.1]), np.array([0.0, 0.9]))
+    assert lab.tolist() == ["mixed", "irrelevant"]
+
+
+def test_contrastive_shuts_the_head_only_the_forget_variant_uses(backend):
+    model = hand_model(backend)
+    retain, forget = hand_batch(96, seed=1, target=0), hand_batch(96, seed=1, target=1)
+    res = fit_contrastive(
+        model,
+        retain,
+        forget,
+        seeds=[0, 1],
+        config=ContrastiveConfig(n_updates=150, batch_size=32),
+        progress=False,
+    )
+    g = res.gates[:, 0]
+    assert (g[:, 1] < 0.1).all(), g  # head 1 raises the forget target: shut
+    assert (g[:, 0] > 0.9).all(), g  # head 0 raises the retain target: kept
+    assert len(res.table()) == 8
+
+
+def test_regression_objective_fits_gates(backend):
+    cfg = ArchConfig(
+        n_layers=1, n_heads=2, d_model=8, d_head=4, d_vocab=5, n_ctx=6, attention_dir="bidirectional"
+    )
+    model = build_model(cfg, perturbed_state(cfg), backend=backend)
+    toks = torch.randint(0, 5, (48, 6), generator=torch.Generator().manual_seed(0))
+    readout = torch.randn(8, 2, generator=torch.Generator().manual_seed(1))
+
+    def forward(x):
+        return model.final_residual(x)[:, 0] @ readout
+
+    with torch.no_grad():
+        targets = forward(toks) * 0.0 + 1.0  # a constant target the gates can move towards
+    obj = RegressionLoss(forward, toks, targets)
+    res = fit(model, obj, seeds=[0], config=CHGConfig(n_updates=40, batch_size=16), progress=False)
+    losses = res.phases["zero"].losses[:, 0]
+    assert losses[-5:].mean() < losses[:5].mean()
+
+
+# ----- bad input ---------------------------------------------------------------------------------
+def test_errors_are_clear(backend, tmp_path):
+    model, batch = hand_model(backend), hand_batch()
+    obj = TaskLoss(model, batch)
+    start = init_logits(model, [0])
+    kw = dict(n_updates=5, lr=(0.1, 0.1), batch_size=8, progress=False)
+    with pytest.raises(MechheadsError, match="needs λ > 0"):
+        fit_phase(model, obj, start, phase="plus", lam=-0.1, **kw)
+    with pytest.raises(MechheadsError, match="needs λ < 0"):
+        fit_phase(model, obj, start, phase="minus", lam=0.1, **kw)
+    with pytest.raises(MechheadsError, match="needs λ = 0"):
+        fit_phase(model, obj, start, phase="zero", lam=0.1, **kw)
+    with pytest.raises(MechheadsError, match="per-gate magnitude"):
+        CHGConfig(lam=-0.1)
+    with pytest.raises(MechheadsError, match="update 2 of phase 'zero'"):
+        fit_phase(model, Flaky(obj, nan_at=3), start, phase="zero", lam=0.0, **kw)
+    assert model.n_attached_hooks() == 0
+    empty = hand_batch(4)
+    empty.target_mask[2] = False
+    with pytest.raises(MechheadsError, match=r"examples \[2\] have no target tokens"):
+        fit(model, empty, config=CHGConfig(n_updates=2), progress=False)
+    with pytest.raises(MechheadsError, match="HeadModel"):
+        fit(torch.nn.Linear(2, 2), batch, progress=False)
+    with pytest.raises(MechheadsError, match="matched pairs"):
+        fit_contrastive(model, hand_batch(8), hand_batch(6), progress=False)
+    with pytest.raises(MechheadsError, match="logits must be"):
+        fit_phase(model, obj, torch.zeros(1, 2, 4), phase="zero", lam=0.0, **kw)
+    with pytest.raises(MechheadsError, match="distinct"):
+        fit(model, batch, seeds=[1, 1], progress=False)
