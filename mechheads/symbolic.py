@@ -461,6 +461,7 @@ def cumulative_validation(
 
 __all__ = [
     "KINDS",
+    "cma_significant_heads",
     "SymbolicPairs",
     "SymbolicResult",
     "cumulative_validation",
@@ -469,3 +470,48 @@ __all__ = [
     "symbolic_pairs",
     "symbolic_scores",
 ]
+
+
+def cma_significant_heads(
+    model: HeadModel,
+    function_tasks: Sequence[str] | None = None,
+    *,
+    aba_abb: bool = True,
+    n: int = 100,
+    n_trials: int = 25,
+    n_sigma: float = 3.0,
+    n_pairs: int = 100,
+    n_permutations: int = 10_000,
+    alpha: float = 0.05,
+    seed: int = 0,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """CMA-significant heads per task, as the CHG paper (§4.3) compares them with CHG facilitation:
+    for each function task, heads with AIE ≥ mean + ``n_sigma`` SD over heads
+    (:func:`mechheads.function_vectors.significant_heads`); for ABA/ABB, heads significant for any of
+    the three symbolic kinds (:func:`significant_heads`).
+
+    Returns one row per (task, head): task, method, layer, head, score, significant.
+
+    Example:
+        >>> cma = cma_significant_heads(model, ["antonym"], aba_abb=False)      # doctest: +SKIP
+        >>> cma.groupby("task").significant.sum()                                # doctest: +SKIP
+    """
+    from mechheads.function_vectors import average_indirect_effect
+    from mechheads.function_vectors import significant_heads as fv_significant
+    from mechheads.tasks import FUNCTION_TASK_NAMES, function_task
+
+    names = list(FUNCTION_TASK_NAMES if function_tasks is None else function_tasks)
+    frames = []
+    for name in tqdm(names, desc="AIE per task", disable=not progress, leave=False):
+        aie = average_indirect_effect(
+            model, function_task(name, "icl", n=n, seed=seed), n_trials=n_trials, seed=seed, progress=False
+        )
+        frames.append(fv_significant(aie, n_sigma))
+    if aba_abb:
+        res = symbolic_scores(
+            model, n=n_pairs, n_permutations=n_permutations, alpha=alpha, seed=seed, progress=False
+        )
+        frames.append(significant_heads(res))
+    cols = ["task", "method", "layer", "head", "score", "significant"]
+    return pd.concat([f[cols] for f in frames], ignore_index=True)

@@ -129,3 +129,17 @@ def test_cumulative_validation_controls(model_hooked):
         cumulative_validation(model_hooked, res, "induction")
     sig = significant_heads(res)
     assert len(sig) == 16 and set(sig.columns) >= {"task", "layer", "head", "score", "significant"}
+
+
+def test_cma_significant_heads_per_task(model_hooked):
+    from mechheads.symbolic import cma_significant_heads
+
+    cma = cma_significant_heads(
+        model_hooked, ["antonym"], n=30, n_trials=5, n_pairs=16, n_permutations=99, progress=False
+    )
+    assert list(cma.columns) == ["task", "method", "layer", "head", "score", "significant"]
+    assert sorted(cma.task.unique()) == ["aba-abb", "antonym/icl"]
+    assert (cma.groupby("task").size() == 16).all()
+    fv = cma[cma.task == "antonym/icl"]
+    z = (fv.score - fv.score.mean()) / fv.score.std(ddof=0)
+    assert ((z >= 3) == fv.significant).all()
