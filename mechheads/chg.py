@@ -618,6 +618,7 @@ def fit(
     config: CHGConfig | None = None,
     loss: str | Metric = "nll",
     data_seed: int = 0,
+    seeds_per_forward: int | None = None,
     checkpoint_dir: str | Path | None = None,
     progress: bool = True,
 ) -> CHGResult:
@@ -632,6 +633,9 @@ def fit(
         loss: For a task: ``"nll"`` (default), another metric name, or a per-example callable.
         data_seed: Seed of the example order (shared by all gate sets, so a joint fit equals
             separate fits with the same ``data_seed``).
+        seeds_per_forward: Gate sets per forward (default: all). Every grouping gives the same
+            gates; on a GPU one forward for all seeds is fastest, on a CPU large batches run
+            slower per row (benchmarks/RESULTS.md), so a small group can be quicker there.
         checkpoint_dir: If given, each phase checkpoints there and a rerun resumes where it stopped.
         progress: Show progress bars.
 
@@ -654,30 +658,37 @@ def fit(
         grad_clip=config.grad_clip,
         progress=progress,
     )
-    phases: dict[str, PhaseFit] = {}
-    phases["zero"] = fit_phase(
-        model,
-        obj,
-        init_logits(model, seeds),
-        phase="zero",
-        lam=0.0,
-        n_updates=config.n_updates,
-        lr=config.lr_fit,
-        checkpoint=ckdir / "zero.pt" if ckdir else None,
-        **common,
-    )
-    for phase, lam in (("plus", config.lam), ("minus", -config.lam)):
-        phases[phase] = fit_phase(
-            model,
-            obj,
-            phases["zero"].logits,
-            phase=phase,
-            lam=lam,
-            n_updates=config.reg_updates,
-            lr=config.lr_reg,
-            checkpoint=ckdir / f"{phase}.pt" if ckdir else None,
-            **common,
+    per = len(seeds) if seeds_per_forward is None else seeds_per_forward
+    if not isinstance(per, int) or per < 1:
+        raise MechheadsError(f"seeds_per_forward must be None or an integer >= 1, got {seeds_per_forward!r}")
+    groups = [list(range(i, min(i + per, len(seeds)))) for i in range(0, len(seeds), per)]
+
+    def run(phase: str, lam: float, starts: torch.Tensor, n: int, lr) -> PhaseFit:
+        fits = [
+            fit_phase(
+                model,
+                obj,
+                starts[g],
+                phase=phase,
+                lam=lam,
+                n_updates=n,
+                lr=lr,  # type: ignore[arg-type]
+                checkpoint=ckdir / f"{phase}-{j}.pt" if ckdir else None,
+                **common,
+            )
+            for j, g in enumerate(groups)
+        ]
+        return PhaseFit(
+            phase,
+            lam,
+            torch.cat([f.logits for f in fits]),
+            torch.cat([f.trajectory for f in fits], 1),
+            torch.cat([f.losses for f in fits], 1),
         )
+
+    phases = {"zero": run("zero", 0.0, init_logits(model, seeds), config.n_updates, config.lr_fit)}
+    for phase, lam in (("plus", config.lam), ("minus", -config.lam)):
+        phases[phase] = run(phase, lam, phases["zero"].logits, config.reg_updates, config.lr_reg)
     return CHGResult(model.cfg.n_layers, model.cfg.n_heads, seeds, config, phases)
 
 

@@ -111,6 +111,10 @@ def test_joint_seeds_equal_separate_fits(backend):
     batch = TokenBatch.from_tokens(toks, n_target=3)
     cfg = CHGConfig(n_updates=12, batch_size=8)
     joint = fit(model, batch, seeds=[3, 4, 5], config=cfg, progress=False)
+    grouped = fit(model, batch, seeds=[3, 4, 5], config=cfg, seeds_per_forward=2, progress=False)
+    for phase in ("zero", "plus", "minus"):
+        assert (joint.phases[phase].logits - grouped.phases[phase].logits).abs().max() <= 1e-4
+        assert grouped.phases[phase].trajectory.shape == (12, 3, TINY.n_layers, TINY.n_heads)
     for i, s in enumerate([3, 4, 5]):
         alone = fit(model, batch, seeds=[s], config=cfg, progress=False)
         for phase in ("zero", "plus", "minus"):
