@@ -31,6 +31,7 @@ import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -139,6 +140,7 @@ def average_indirect_effect(
     *,
     n_trials: int = 25,
     mean_task: Task | None = None,
+    corruption: Literal["shuffled", "zero-shot"] = "shuffled",
     seed: int = 0,
     max_rows: int = 512,
     progress: bool = True,
@@ -149,6 +151,9 @@ def average_indirect_effect(
         task: clean 10-shot prompts (e.g. ``function_task(name, "icl", n=100)``); single-token answers.
         n_trials: corrupted trials per head, taken from the first items the model solves 10-shot.
         mean_task: prompts for the clean mean activations (default: every prompt of ``task``).
+        corruption: ``"shuffled"`` (Todd et al.: demonstration outputs shuffled) or ``"zero-shot"``
+            (a variant, not the paper's: the query with no demonstrations, for models whose
+            answers survive shuffling, where ΔP is stuck at its ceiling).
         seed: for the shuffling of outputs.
 
     Raises:
@@ -175,7 +180,12 @@ def average_indirect_effect(
         ]
     )
     mean = mean_head_activations(model, mean_task if mean_task is not None else task)
-    corrupted = shuffled_task(trials, seed)
+    if corruption == "shuffled":
+        corrupted = shuffled_task(trials, seed)
+    elif corruption == "zero-shot":
+        corrupted = zero_shot_task(trials)
+    else:
+        raise MechheadsError(f"corruption must be 'shuffled' or 'zero-shot', got {corruption!r}")
     res = patch_heads(
         model, corrupted, mean, positions="last", metric="prob", max_rows=max_rows, progress=progress
     )

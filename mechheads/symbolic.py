@@ -480,6 +480,7 @@ def cma_significant_heads(
     n: int = 100,
     n_trials: int = 25,
     n_sigma: float = 3.0,
+    corruption: str = "shuffled",
     n_pairs: int = 100,
     n_permutations: int = 10_000,
     alpha: float = 0.05,
@@ -489,7 +490,8 @@ def cma_significant_heads(
     """CMA-significant heads per task, as the CHG paper (§4.3) compares them with CHG facilitation:
     for each function task, heads with AIE ≥ mean + ``n_sigma`` SD over heads
     (:func:`mechheads.function_vectors.significant_heads`); for ABA/ABB, heads significant for any of
-    the three symbolic kinds (:func:`significant_heads`).
+    the three symbolic kinds (:func:`significant_heads`). ``corruption`` is passed to
+    :func:`~mechheads.function_vectors.average_indirect_effect` (``"zero-shot"``: the variant).
 
     Returns one row per (task, head): task, method, layer, head, score, significant.
 
@@ -505,7 +507,12 @@ def cma_significant_heads(
     frames = []
     for name in tqdm(names, desc="AIE per task", disable=not progress, leave=False):
         aie = average_indirect_effect(
-            model, function_task(name, "icl", n=n, seed=seed), n_trials=n_trials, seed=seed, progress=False
+            model,
+            function_task(name, "icl", n=n, seed=seed),
+            n_trials=n_trials,
+            corruption=corruption,
+            seed=seed,
+            progress=False,
         )
         frames.append(fv_significant(aie, n_sigma))
     if aba_abb:

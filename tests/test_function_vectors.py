@@ -136,3 +136,20 @@ def test_significant_heads_are_three_sigma_above_the_mean():
     z = (aie - aie.mean()) / aie.std()
     assert np.allclose(sig.z, z)
     assert set(sig.columns) >= {"task", "method", "layer", "head", "score", "z", "significant"}
+
+
+def test_zero_shot_corruption_variant_patches_into_the_bare_query(tasks4l):
+    task = function_task("antonym", n=6, seed=4)
+    res = average_indirect_effect(tasks4l, task, n_trials=3, corruption="zero-shot", progress=False)
+    zs = zero_shot_task(task.subset(list(range(6)))).batch(tasks4l)
+    with torch.no_grad():
+        p = first_token_prob(tasks4l(zs.tokens), zs, "none")
+    kept = task.subset(list(range(6)))
+    assert res.filtered.n.sum() == len(kept)
+    # the unpatched baseline is the zero-shot P(answer) of the trials (the first 3 solved items)
+    from mechheads.function_vectors import solved
+
+    first3 = np.flatnonzero(solved(tasks4l, task))[:3]
+    assert abs(res.baseline - p[first3].mean().item()) < 1e-5
+    with pytest.raises(MechheadsError, match="corruption must be"):
+        average_indirect_effect(tasks4l, task, n_trials=3, corruption="noise", progress=False)
