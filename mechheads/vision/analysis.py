@@ -12,7 +12,9 @@ Distorted Images", 2025; mechheads REFERENCE §5):
   head's ablation against the baseline for per-layer histograms (:func:`ablated_predictions`);
 * quantified specialisation, beyond the paper (which judged by eye): for each head the share of
   its attention mass that falls on the chirp and on each distractor, compared with the share of
-  the image each covers, and a label with stated thresholds (:func:`specialisation`).
+  the image each covers, and a label with stated thresholds (:func:`specialisation`);
+* Causal Head Gating with the MSE loss (:func:`chg`, via :func:`mechheads.chg.fit`) and its
+  taxonomy side by side with the ablation heatmap and the attention labels (:func:`head_roles`).
 
 Every function returns arrays or tidy DataFrames for a figure function to draw.
 
@@ -36,6 +38,7 @@ from jaxtyping import Bool, Float
 from tqdm.auto import tqdm
 
 from mechheads.ablation import Ablation, AblationResult, Method, as_ablation, masked_hooks, sweep_heads
+from mechheads.attribution import rank_agreement
 from mechheads.errors import MechheadsError
 from mechheads.heads import all_heads, heads_to_mask
 from mechheads.model import hook_pattern, hook_resid_pre
@@ -165,6 +168,27 @@ def overlay(
     return rgb.transpose(1, 2, 0) * (1 - alpha * m) + alpha * m * np.asarray(color, dtype=np.float32)
 
 
+def overlay_grid(
+    image: Float[np.ndarray, "c h w"] | torch.Tensor,
+    maps: Float[np.ndarray, "layer head grid grid"],
+    alpha: float = 0.6,
+    gap: int = 2,
+) -> Float[np.ndarray, "height width 3"]:
+    """Overlays of every head's map on one image, tiled as rows = layers, columns = heads (white gaps)."""
+    maps = np.asarray(maps)
+    if maps.ndim != 4:
+        raise MechheadsError(f"maps must be [layer, head, grid, grid] (one image), got shape {maps.shape}")
+    L, H = maps.shape[:2]
+    tiles = [[overlay(image, maps[layer, h], alpha) for h in range(H)] for layer in range(L)]
+    th, tw = tiles[0][0].shape[:2]
+    out = np.ones((L * th + (L - 1) * gap, H * tw + (H - 1) * gap, 3), dtype=np.float32)
+    for layer in range(L):
+        for h in range(H):
+            r, c = layer * (th + gap), h * (tw + gap)
+            out[r : r + th, c : c + tw] = tiles[layer][h]
+    return out
+
+
 # ----- ablation ----------------------------------------------------------------------------------
 def mse_metric(targets: torch.Tensor):
     """An engine metric ``(logits, batch) -> scalar``: MSE of the predictions (position 0) against
@@ -240,12 +264,16 @@ def ablated_predictions(
     n, k = len(images), vit.config.n_outputs
     preds = torch.empty(L, H, n, k)
     base = torch.empty(n, k)
-    bar = tqdm(total=L * H, desc="ablated predictions", disable=not progress, leave=False)
+    n_chunks = -(-n // batch_size)
+    bar = tqdm(total=L * n_chunks, desc="ablated predictions", disable=not progress, leave=False)
     for i in range(0, n, batch_size):
         sl = slice(i, i + batch_size)
+        chunk_abl = abl
+        if abl.method == "resample":  # source activations pair with images: take this chunk's
+            chunk_abl = Ablation("resample", values={layer: v[sl] for layer, v in abl.values.items()})
         with vit.bind(images[sl]) as batch:
             B = len(batch)
-            abl.check_fits(batch.tokens)
+            chunk_abl.check_fits(batch.tokens)
             names = [hook_resid_pre(layer) for layer in range(1, L)]
             logits, resid = body.run_with_cache(batch.tokens, names)
             base[sl] = logits[:, 0, :k].cpu()
@@ -254,11 +282,11 @@ def ablated_predictions(
                     [heads_to_mask([(layer, h)], n_layers=L, n_heads=H) for h in range(H)]
                 ).to(body.device)
                 r = resid[hook_resid_pre(layer)].repeat(H, 1, 1) if layer else None
-                with body.hooks(masked_hooks(body, abl, masks, B)):
-                    out = body.forward_from(batch.tokens.repeat(H, 1), layer, r, positions=torch.tensor([0]))
+                first = torch.tensor([0], device=body.device)  # only the CLS position is unembedded
+                with body.hooks(masked_hooks(body, chunk_abl, masks, B)):
+                    out = body.forward_from(batch.tokens.repeat(H, 1), layer, r, positions=first)
                 preds[layer, :, sl] = out[:, 0, :k].reshape(H, B, k).cpu()
-                if i == 0:
-                    bar.update(H)
+                bar.update(1)
     bar.close()
     names = list(TARGETS) if k == len(TARGETS) else [f"y{j}" for j in range(k)]
     truth = targets.cpu().numpy()
@@ -288,6 +316,25 @@ def prediction_mse(preds: pd.DataFrame) -> pd.DataFrame:
     base = per[per.layer == -1].set_index("target").mse
     per["pct_increase"] = 100 * (per.mse / per.target.map(base) - 1)
     return per
+
+
+def prediction_histograms(preds: pd.DataFrame, target: str = "start_time", bins: int = 30) -> pd.DataFrame:
+    """Histogram counts of :func:`ablated_predictions` for one target (paper Fig. 3: one panel per
+    layer, one histogram per head, the baseline — layer = head = −1 — in every panel).
+
+    Columns: layer, head, bin_left, bin_right, count; the same bin edges for every (layer, head).
+    """
+    if target not in set(preds.target):
+        raise MechheadsError(f"unknown target {target!r}; targets: {sorted(set(preds.target))}")
+    df = preds[preds.target == target]
+    edges = np.histogram_bin_edges(df.prediction.to_numpy(), bins=bins)
+    rows = []
+    for (layer, head), g in df.groupby(["layer", "head"], sort=True):
+        counts, _ = np.histogram(g.prediction.to_numpy(), bins=edges)
+        rows.append(
+            pd.DataFrame(dict(layer=layer, head=head, bin_left=edges[:-1], bin_right=edges[1:], count=counts))
+        )
+    return pd.concat(rows, ignore_index=True)
 
 
 # ----- specialisation ----------------------------------------------------------------------------
@@ -354,7 +401,9 @@ def label_head(
     if shares[top] >= mono and shares[top] >= enrich * areas[top]:
         return LABELS[top]
     strong = [r for r in shares if shares[r] >= poly and shares[r] >= enrich * areas[r]]
-    return "polysemantic" if len(strong) >= 2 else "diffuse"
+    if len(strong) >= 2:
+        return "polysemantic"
+    return f"{strong[0]}-leaning" if strong else "diffuse"
 
 
 def specialisation(
@@ -380,7 +429,8 @@ def specialisation(
       ``enrich`` × its area (its share under uniform attention);
     * ``polysemantic`` — otherwise, if two or more regions each take at least ``poly`` of the mass
       and at least ``enrich`` × their area;
-    * ``diffuse`` — otherwise (attention close to uniform, or enriched on one region only weakly).
+    * ``<region>-leaning`` (e.g. ``chirp-leaning``) — otherwise, if exactly one region does;
+    * ``diffuse`` — otherwise (no region gets ``enrich`` × its area and ``poly`` of the mass).
 
     Returns:
         A :class:`SpecialisationResult`.
@@ -419,3 +469,82 @@ def specialisation(
     assert len(rows) == L * H
     thresholds = dict(query=query, min_pixels=min_pixels, mono=mono, enrich=enrich, poly=poly)
     return SpecialisationResult(pd.DataFrame(rows), shares, thresholds)
+
+
+# ----- CHG ---------------------------------------------------------------------------------------
+def chg(
+    vit: VisionModel,
+    data: SpectrogramSet | tuple[torch.Tensor, torch.Tensor],
+    *,
+    seeds=(0, 1, 2),
+    config=None,
+    relative: bool = True,
+    progress: bool = True,
+):
+    """Causal Head Gating (:func:`mechheads.chg.fit`) of the ViT's heads with the MSE loss.
+
+    With ``relative`` (default) the loss is the MSE divided by the unablated model's MSE on
+    ``data`` (1 = as good as the intact model), so the per-gate λ means what it means for the NLL
+    of a language model; a raw MSE of a well-trained regressor (~1e-4) would leave every gate to
+    the regulariser.
+
+    Returns:
+        A :class:`mechheads.chg.CHGResult`.
+    """
+    from mechheads.chg import CHGConfig, fit
+
+    obj = chg_objective(vit, data, relative=relative)
+    return fit(vit.body, obj, seeds=seeds, config=config or CHGConfig(), progress=progress)
+
+
+def chg_objective(
+    vit: VisionModel, data: SpectrogramSet | tuple[torch.Tensor, torch.Tensor], *, relative: bool = True
+):
+    """The :class:`mechheads.chg.RegressionLoss` :func:`chg` fits: the ViT's MSE on ``data``,
+    divided by the intact model's MSE when ``relative``."""
+    from mechheads.chg import RegressionLoss
+
+    images, targets = _targets(data, vit)
+    scale = 1.0
+    if relative:
+        with torch.no_grad():
+            base = (vit.predict(images) - targets).pow(2).mean().item()
+        if base <= 0:
+            raise MechheadsError(
+                "the model's MSE on these images is 0: nothing to normalise by (relative=False)"
+            )
+        scale = base**0.5
+    return RegressionLoss(lambda x: vit(x) / scale, images, targets / scale)
+
+
+def head_roles(
+    ablation: AblationResult,
+    spec: SpecialisationResult | None = None,
+    chg_result=None,
+    *,
+    how: str = "always",
+) -> tuple[pd.DataFrame, dict]:
+    """One row per head joining the ablation heatmap (``pct_increase``), the attention label and
+    the CHG scores and role; and the rank agreement (Spearman, Kendall, top-k overlap) of CHG
+    facilitation with the ablation damage.
+
+    Returns:
+        (table, agreement) — ``agreement`` is empty without a CHG result.
+    """
+    t = ablation.table[ablation.table.position == -1][["layer", "head", "pct_increase"]]
+    if spec is not None:
+        t = t.merge(spec.table[["layer", "head", "top_region", "label"]], on=["layer", "head"])
+    agreement: dict = {}
+    if chg_result is not None:
+        c = chg_result.aggregate(how)[
+            ["layer", "head", "facilitation", "interference", "irrelevance", "role"]
+        ]
+        t = t.merge(c, on=["layer", "head"])
+        k = max(2, len(t) // 4)
+        agreement = rank_agreement(
+            t.rename(columns={"facilitation": "score"}),
+            t.rename(columns={"pct_increase": "score"}),
+            k=k,
+            column="score",
+        )
+    return t.reset_index(drop=True), agreement

@@ -3,9 +3,14 @@
 Example:
     >>> from mechheads import zoo
     >>> zoo.list_models()
-    ['induction-2l', 'tasks-4l']
+    ['induction-2l', 'tasks-4l', 'vit-chirp']
     >>> model = zoo.load("induction-2l")           # HookedTransformer or TransformerBridge
     >>> print(zoo.card("induction-2l"))            # doctest: +SKIP
+    >>> vit = zoo.load_vision("vit-chirp")         # a mechheads.vision.VisionModel
+
+Vision models (``kind(name) == "vision"``) have no tokenizer: :func:`load` gives their transformer
+body (a :class:`~mechheads.model.HeadModel` whose logits at position 0 are the predictions once
+images are bound), :func:`load_vision` the whole ViT.
 """
 
 from __future__ import annotations
@@ -24,13 +29,31 @@ ZOO_DIR = Path(__file__).parent / "models"
 DEFAULT_MODEL = "tasks-4l"
 
 
-def list_models() -> list[str]:
-    """Names of the models shipped with this installation."""
-    return (
+KINDS = ("text", "vision")
+
+
+def list_models(kind: str | None = None) -> list[str]:
+    """Names of the models shipped with this installation (all, or only ``"text"`` or ``"vision"`` ones)."""
+    if kind is not None and kind not in KINDS:
+        raise MechheadsError(f"unknown model kind {kind!r}; valid kinds: {list(KINDS)} or None for all")
+    names = (
         sorted(p.name for p in ZOO_DIR.iterdir() if (p / "model.safetensors").exists())
         if ZOO_DIR.exists()
         else []
     )
+    return [n for n in names if kind is None or _kind_of(ZOO_DIR / n) == kind]
+
+
+def _kind_of(folder: Path) -> str:
+    try:
+        return json.loads((folder / "config.json").read_text()).get("kind", "text")
+    except FileNotFoundError:
+        return "text"
+
+
+def kind(name: str) -> str:
+    """``"text"`` (token models with a tokenizer) or ``"vision"`` (ViTs, see :mod:`mechheads.vision`)."""
+    return _kind_of(model_dir(name))
 
 
 def model_dir(name: str) -> Path:
@@ -53,7 +76,21 @@ def load(name: str = DEFAULT_MODEL, *, backend: str | None = None) -> HeadModel:
     folder = model_dir(name)
     cfg = ArchConfig.from_dict(load_config(name)["arch"])
     state = load_file(folder / "model.safetensors")
-    return build_model(cfg, state, backend=backend, tokenizer=load_tokenizer(name), name=name)
+    tokenizer = load_tokenizer(name) if (folder / "tokenizer.json").exists() else None
+    return build_model(cfg, state, backend=backend, tokenizer=tokenizer, name=name)
+
+
+def load_vision(name: str, *, backend: str | None = None):
+    """Load a zoo ViT as a :class:`mechheads.vision.VisionModel` on ``backend``."""
+    from mechheads.vision.model import VisionModel, ViTConfig, patch_linear
+
+    if kind(name) != "vision":
+        raise MechheadsError(
+            f"zoo model {name!r} is not a vision model; vision models: {list_models('vision')}"
+        )
+    cfg = ViTConfig.from_dict(load_config(name)["vit"])
+    patch = load_file(model_dir(name) / "patch_embed.safetensors")
+    return VisionModel(load(name, backend=backend), cfg, patch_linear(cfg, patch), name=name)
 
 
 def card(name: str) -> str:

@@ -73,3 +73,51 @@ SPECS: dict[str, ZooSpec] = {
         lr=2e-3,
     ),
 }
+
+
+@dataclass(frozen=True)
+class VisionSpec:
+    """A zoo ViT (:mod:`mechheads.vision`): its shape, its data and its training recipe.
+
+    Training streams fresh images: step ``i`` reads images ``i·batch_size …`` of the generator's
+    ``seed`` stream, so no image is seen twice; the card evaluates on another seed.
+    """
+
+    name: str
+    description: str
+    expected_circuit: str
+    vit: dict  # ViTConfig fields
+    data: dict  # SpectrogramConfig fields (overrides of its defaults)
+    steps: int
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup: int = 100
+    weight_decay: float = 0.01
+    schedule: str = "cosine"
+    seed: int = 0
+
+
+VISION_SPECS: dict[str, VisionSpec] = {
+    "vit-chirp": VisionSpec(
+        name="vit-chirp",
+        description=(
+            "4-layer ViT (8x8-pixel patches of 64x64 RGB images, CLS token, bidirectional attention, MLP) "
+            "regressing the start time, start frequency and end frequency of a linear or exponential chirp "
+            "in a synthetic spectrogram drawn as a figure with a title, axis ticks and labels, a colour bar "
+            "and a frame (mechheads.vision.data.spectrograms)."
+        ),
+        expected_circuit=(
+            "The paper (Bahador 2025) reports heads that attend only to the chirp in middle layers and heads "
+            "that pick out text, the colour bar or the plot's edges and corners in early layers. What this "
+            "model's heads do is measured on its card (attention-mass shares on the pixel masks, per-head "
+            "ablation)."
+        ),
+        vit=dict(
+            image_size=64, patch_size=8, channels=3, n_layers=4, n_heads=4, d_model=64, d_head=16, d_mlp=128
+        ),
+        data={},
+        steps=1500,
+        batch_size=64,
+        lr=2e-3,
+    ),
+}

@@ -26,7 +26,7 @@ from mechheads.errors import MechheadsError
 from mechheads.tasks import generators as gen
 from mechheads.tasks.words import vocabulary
 from mechheads.tokenizer import WordTokenizer
-from mechheads.zoo.specs import SPECS, ZooSpec
+from mechheads.zoo.specs import SPECS, VISION_SPECS, VisionSpec, ZooSpec
 
 ZOO_DIR = Path(__file__).parent / "models"
 
@@ -118,6 +118,83 @@ def train_reference(spec: ZooSpec, steps: int | None = None, seed: int | None = 
     return model, tok, smooth
 
 
+def _lr_lambda(spec, steps: int):
+    def lr_at(step: int) -> float:
+        if step < spec.warmup:
+            return (step + 1) / spec.warmup
+        if spec.schedule == "constant":
+            return 1.0
+        frac = (step - spec.warmup) / max(1, steps - spec.warmup)
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac))
+
+    return lr_at
+
+
+def train_vision_reference(
+    spec: VisionSpec, steps: int | None = None, seed: int | None = None, progress: bool = True
+):
+    """Train a zoo ViT with the hook-free :class:`~mechheads.vision.model.ReferenceViT` on a
+    stream of fresh spectrograms (MSE on the three normalised targets); returns (model, final
+    smoothed loss)."""
+    from mechheads.vision.data import SpectrogramConfig, spectrograms
+    from mechheads.vision.model import ReferenceViT, ViTConfig
+
+    seed = spec.seed if seed is None else seed
+    steps = spec.steps if steps is None else steps
+    torch.manual_seed(seed)
+    cfg = ViTConfig(**spec.vit)
+    data_cfg = SpectrogramConfig(size=cfg.image_size, channels=cfg.channels, **spec.data)
+    model = ReferenceViT(cfg, seed=seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(spec, steps))
+    smooth = None
+    bar = tqdm(range(steps), desc=f"train {spec.name}", disable=not progress, mininterval=2)
+    for step in bar:
+        images, targets = spectrograms(
+            spec.batch_size, seed, data_cfg, start=step * spec.batch_size
+        ).tensors()
+        loss = (model(images) - targets).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        smooth = loss.item() if smooth is None else 0.98 * smooth + 0.02 * loss.item()
+        bar.set_postfix(mse=f"{smooth:.4f}")
+    return model, smooth
+
+
+def save_vision_checkpoint(out: Path, spec: VisionSpec, model, meta: dict) -> None:
+    """``model.safetensors`` (the body, canonical names), ``patch_embed.safetensors``, config and
+    ``reference.safetensors``: body logits for probe token ids (the same check as every zoo model)
+    and the reference ViT's predictions for probe images."""
+    from mechheads.vision.data import SpectrogramConfig, spectrograms
+    from mechheads.vision.model import ReferenceViT
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.body_state().items()}, out / "model.safetensors")
+    save_file(model.patch_state(), out / "patch_embed.safetensors")
+    cfg = model.cfg
+    g = torch.Generator().manual_seed(1234)
+    probe = torch.randint(0, cfg.n_outputs, (4, 1 + cfg.n_patches), generator=g)
+    images, _ = spectrograms(4, 4321, SpectrogramConfig(size=cfg.image_size, channels=cfg.channels, **spec.data)).tensors()
+    with torch.no_grad():
+        plain = ReferenceViT(cfg, model.body_state(), model.patch_state())
+        logits = plain.body(probe)
+        preds = plain(images)
+    save_file(
+        {"tokens": probe, "logits": logits.contiguous(), "images": images, "predictions": preds.contiguous()},
+        out / "reference.safetensors",
+    )
+    (out / "config.json").write_text(
+        json.dumps(
+            {"name": spec.name, "kind": "vision", "arch": cfg.arch().to_dict(), "vit": cfg.to_dict(), "data": spec.data, **meta},
+            indent=2,
+        )
+    )
+
+
 def save_checkpoint(
     out: Path, spec: ZooSpec, model: ReferenceTransformer, tok: WordTokenizer, meta: dict
 ) -> None:
@@ -141,18 +218,20 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m mechheads.zoo.train", description="Retrain a zoo model on the CPU."
     )
-    p.add_argument("name", choices=sorted(SPECS), help="which zoo model to train")
+    p.add_argument("name", choices=sorted(SPECS | VISION_SPECS), help="which zoo model to train")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the model's spec)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: the model's spec)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: the package's zoo folder)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    cmd = "python -m mechheads.zoo.train " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.name in VISION_SPECS:
+        return _main_vision(VISION_SPECS[args.name], args, cmd)
     spec = SPECS[args.name]
     t0 = time.time()
     model, tok, loss = train_reference(spec, args.steps, args.seed)
     seconds = time.time() - t0
-    cmd = "python -m mechheads.zoo.train " + " ".join(argv if argv is not None else sys.argv[1:])
     meta = {
         "training": {
             "command": cmd.strip(),
@@ -175,6 +254,34 @@ def main(argv: list[str] | None = None) -> int:
     from mechheads.zoo.cards import write_card
 
     write_card(out)
+    print((out / "card.md").read_text())
+    return 0
+
+
+def _main_vision(spec: VisionSpec, args, cmd: str) -> int:
+    t0 = time.time()
+    model, loss = train_vision_reference(spec, args.steps, args.seed)
+    meta = {
+        "training": {
+            "command": cmd.strip(),
+            "steps": args.steps or spec.steps,
+            "seed": spec.seed if args.seed is None else args.seed,
+            "batch_size": spec.batch_size,
+            "lr": spec.lr,
+            "schedule": spec.schedule,
+            "weight_decay": spec.weight_decay,
+            "final_train_loss": round(loss, 5),
+            "seconds": round(time.time() - t0),
+            "torch": torch.__version__,
+        },
+        "description": spec.description,
+        "expected_circuit": spec.expected_circuit,
+    }
+    out = args.out or ZOO_DIR / spec.name
+    save_vision_checkpoint(out, spec, model, meta)
+    from mechheads.zoo.cards import write_vision_card
+
+    write_vision_card(out)
     print((out / "card.md").read_text())
     return 0
 
