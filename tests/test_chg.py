@@ -319,3 +319,25 @@ def test_errors_are_clear(backend, tmp_path):
         fit_phase(model, obj, torch.zeros(1, 2, 4), phase="zero", lam=0.0, **kw)
     with pytest.raises(MechheadsError, match="distinct"):
         fit(model, batch, seeds=[1, 1], progress=False)
+
+
+def test_compare_with_cma_welch_statistics():
+    import pandas as pd
+
+    from mechheads.chg import compare_with_cma
+
+    cma_f = [0.9, 0.8, 0.95, 0.7]
+    other_f = [0.1, 0.3, 0.2, 0.4, 0.25, 0.15]
+    rows = [(l, cma_f[l], True) for l in range(4)] + [(4 + i, f, False) for i, f in enumerate(other_f)]
+    fac = pd.DataFrame([{"task": "t", "layer": l, "head": 0, "facilitation": f} for l, f, _ in rows])
+    cma = pd.DataFrame([{"task": "t", "layer": l, "head": 0, "significant": s} for l, _, s in rows])
+    out = compare_with_cma(fac, cma).set_index("task")
+    a, b = np.array(cma_f), np.array(other_f)
+    va, vb = a.var(ddof=1) / 4, b.var(ddof=1) / 6
+    t = (a.mean() - b.mean()) / np.sqrt(va + vb)
+    dof = (va + vb) ** 2 / (va**2 / 3 + vb**2 / 5)
+    assert out.t["t"] == pytest.approx(t) and out.dof["t"] == pytest.approx(dof)
+    assert out.p["t"] < 0.01 and out.n_cma["t"] == 4 and out.n_other["t"] == 6
+    assert "all" in out.index
+    with pytest.raises(MechheadsError, match="lacks columns"):
+        compare_with_cma(fac.drop(columns="facilitation"), cma)
