@@ -4,10 +4,13 @@ TransformerLens's ``patching.get_act_patch_attn_head_out_all_pos`` is fed a cach
 computes the same zero ablation as ``mechheads.ablation.sweep_heads``: one full forward per head.
 Each side runs in its own subprocess (so its peak memory can be read), one after the other, in one
 invocation; the script prints the speed ratio, both peak memories and the max abs difference.
-A second part sweeps 12 heads and then all 144 with the same row cap, to show that peak memory
-does not grow with the number of heads swept.
+With ``--repeats N`` the pair is timed N times, the order alternating (TL first, then ours first)
+so that a change in load from other processes biases neither side, and the median ratio is
+reported. ``--hook-path`` also times mechheads with its fused tail disabled (``fused=False``:
+every copy through the backend's forward with hooks). A last part sweeps 12 heads and then all
+144 with the same row cap, to show that peak memory does not grow with the number of heads swept.
 
-    python benchmarks/bench_sweep.py [--backend hooked|bridge] [--batch 8] [--seq 32]
+    python benchmarks/bench_sweep.py [--backend hooked|bridge] [--batch 8] [--seq 32] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ def side(args) -> dict:
     from mechheads.tasks.metrics import first_token_logprob
 
     t0 = time.perf_counter()
-    if args.side == "ours":
+    if args.side in ("ours", "ours_hooks"):
         res = sweep_heads(
             model,
             batch,
@@ -54,6 +57,7 @@ def side(args) -> dict:
             heads=_heads(args),
             max_rows=args.max_rows,
             progress=False,
+            fused=args.side == "ours",
         )
         values = res.to_array("value") if args.n_heads == 144 else res.table.value.to_numpy()
     else:
@@ -111,7 +115,9 @@ def main():
     p.add_argument("--seq", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-rows", type=int, default=128)
-    p.add_argument("--side", choices=["ours", "tl"], default=None, help=argparse.SUPPRESS)
+    p.add_argument("--repeats", type=int, default=1, help="timed pairs, order alternating; median ratio")
+    p.add_argument("--hook-path", action="store_true", help="also time mechheads with fused=False")
+    p.add_argument("--side", choices=["ours", "ours_hooks", "tl"], default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
     p.add_argument("--n-heads", type=int, default=144, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -131,14 +137,33 @@ def main():
         f"metric: log-prob of the last token; backend {args.backend}, transformer-lens {transformer_lens.__version__ if hasattr(transformer_lens, '__version__') else ''}, "
         f"{args.threads} threads, max_rows {args.max_rows}"
     )
-    tl = run_side(args, "tl")
-    ours = run_side(args, "ours")
-    diff = float(np.abs(np.array(tl["values"]) - np.array(ours["values"])).max())
-    print(f"TransformerLens patching: {tl['seconds']:.1f} s, peak RSS {tl['peak_rss_mb']:.0f} MB")
-    print(f"mechheads sweep_heads:    {ours['seconds']:.1f} s, peak RSS {ours['peak_rss_mb']:.0f} MB")
+    ratios, hook_ratios = [], []
+    for rep in range(args.repeats):
+        order = ["tl", "ours"] if rep % 2 == 0 else ["ours", "tl"]
+        if args.hook_path:
+            order.insert(1, "ours_hooks")
+        res = {name: run_side(args, name) for name in order}
+        tl, ours = res["tl"], res["ours"]
+        diff = float(np.abs(np.array(tl["values"]) - np.array(ours["values"])).max())
+        ratios.append(tl["seconds"] / ours["seconds"])
+        print(f"run {rep + 1} (order {' -> '.join(order)}):")
+        print(f"  TransformerLens patching: {tl['seconds']:.1f} s, peak RSS {tl['peak_rss_mb']:.0f} MB")
+        print(f"  mechheads sweep_heads:    {ours['seconds']:.1f} s, peak RSS {ours['peak_rss_mb']:.0f} MB")
+        print(f"  speed ratio (TL / mechheads): {ratios[-1]:.2f}x; max abs difference {diff:.2e}")
+        if args.hook_path:
+            hk = res["ours_hooks"]
+            hdiff = float(np.abs(np.array(tl["values"]) - np.array(hk["values"])).max())
+            hook_ratios.append(tl["seconds"] / hk["seconds"])
+            print(
+                f"  mechheads, fused=False:   {hk['seconds']:.1f} s, peak RSS {hk['peak_rss_mb']:.0f} MB; "
+                f"ratio {hook_ratios[-1]:.2f}x; max abs difference {hdiff:.2e}"
+            )
     print(
-        f"speed ratio (TL / mechheads): {tl['seconds'] / ours['seconds']:.2f}x; max abs difference {diff:.2e}"
+        f"median speed ratio over {args.repeats} run(s): {float(np.median(ratios)):.2f}x "
+        f"(runs: {', '.join(f'{r:.2f}x' for r in ratios)})"
     )
+    if hook_ratios:
+        print(f"median ratio with fused=False: {float(np.median(hook_ratios)):.2f}x")
     few = run_side(args, "ours", n_heads=12)
     print(
         f"memory bound: peak RSS sweeping 12 heads {few['peak_rss_mb']:.0f} MB vs 144 heads {ours['peak_rss_mb']:.0f} MB "

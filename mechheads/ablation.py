@@ -148,16 +148,24 @@ class Ablation:
                 f"per-position mean covers {self.values[0].shape[0]} positions, the batch has {tokens.shape[1]}"
             )
 
-    def new_z(self, layer: int, z: torch.Tensor, n_copies: int) -> torch.Tensor:
-        """The replacement for every head of ``layer`` given the current ``z`` [N, pos, head, d_head]."""
+    def new_z(
+        self, layer: int, z: torch.Tensor, n_copies: int, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The replacement for every head of ``layer`` given the current ``z`` [N, pos, head, d_head].
+
+        ``positions`` (a 1-D index tensor) says which absolute positions ``z`` covers; by default
+        0 .. ``z.shape[1]`` − 1.
+        """
         if self.method == "zero":
             return torch.zeros_like(z)
         if self.method == "scale":
             return z * self.alpha
         v = self.values[layer].to(z.device, z.dtype)
         if self.method == "mean":
-            v = v[: z.shape[1]] if self.per_position else v
+            if self.per_position:
+                v = v[: z.shape[1]] if positions is None else v[positions]
             return v.expand_as(z)
+        v = v[:, : z.shape[1]] if positions is None else v[:, positions]
         return v.repeat(n_copies, 1, 1, 1)
 
 
@@ -251,8 +259,19 @@ def evaluate_masks(
     progress: bool = False,
     desc: str = "ablating",
     checkpoint: str | Path | None = None,
+    fused: bool = True,
 ) -> torch.Tensor:
     """Metric value under each of K head masks (True = ablated), computed K copies at a time.
+
+    Fast path (``fused=True``, the default): where the architecture allows it
+    (:meth:`HeadModel.fused_tail`) and no other hooks are attached to the model, one clean
+    forward caches ``hook_resid_pre`` and ``hook_z`` of every first-ablated layer, and each chunk
+    of copies is then computed from there by the fused tail, on both backends: the ablated
+    layer's attention is not recomputed (only its output projection of the edited ``z``), the last
+    layer runs queries and MLP only at the positions the metric reads, and, for causal models,
+    positions after the last one read are dropped. Hooks attached by other code would not fire
+    inside the fused tail, so with any hook attached (or ``fused=False``) every copy runs through
+    the backend's forward with ``hook_z`` hooks instead (prefix reuse on HookedTransformer).
 
     Args:
         masks: [K, layer, head] booleans; an all-False mask is the clean model.
@@ -260,6 +279,7 @@ def evaluate_masks(
         copy_positions: optional [K, pos] booleans: mask k ablates only at those positions.
         max_rows: cap on batch rows per forward (K copies × batch); bounds peak memory.
         checkpoint: file to store finished values in; an interrupted call resumes from it.
+        fused: allow the fused fast path (results agree with the hook path to float rounding).
 
     Returns:
         A float tensor [K] on the CPU.
@@ -306,11 +326,19 @@ def evaluate_masks(
         group = [i for i in range(K) if first[i] == start and i not in done]
         chunks += [group[j : j + per_chunk] for j in range(0, len(group), per_chunk)]
 
-    resid = None
-    starts = sorted({first[c[0]] for c in chunks if 0 < first[c[0]] < L})  # only layers still to run
-    if model.reuses_prefix and starts:
-        with torch.no_grad():
-            _, resid = model.run_with_cache(batch.tokens, [hook_resid_pre(layer) for layer in starts])
+    resid, tail, clean = None, None, None
+    if fused and chunks and model.n_attached_hooks() == 0:
+        tail = model.fused_tail()
+    if tail is not None:
+        starts = sorted({first[c[0]] for c in chunks if first[c[0]] < L})
+        names = [n for layer in starts for n in (hook_resid_pre(layer), hook_z(layer))]
+        with torch.inference_mode():
+            clean, resid = model.run_with_cache(batch.tokens, names)
+    else:
+        starts = sorted({first[c[0]] for c in chunks if 0 < first[c[0]] < L})  # only layers still to run
+        if model.reuses_prefix and starts:
+            with torch.no_grad():
+                _, resid = model.run_with_cache(batch.tokens, [hook_resid_pre(layer) for layer in starts])
 
     values = dict(done)
     bar = tqdm(total=K, initial=len(done), desc=desc, disable=not progress, leave=False)
@@ -326,6 +354,8 @@ def evaluate_masks(
                 None if copy_positions is None else copy_positions[chunk].to(model.device),
                 resid,
                 min(first[i] for i in chunk),
+                tail,
+                clean,
             )
             for i, v in zip(chunk, vals.tolist(), strict=True):
                 values[i] = v
@@ -343,6 +373,34 @@ def evaluate_masks(
     return out
 
 
+def _masked_edits(
+    model: HeadModel,
+    ablation: Ablation,
+    masks: torch.Tensor,
+    batch_size: int,
+    pos_mask: torch.Tensor | None = None,
+) -> dict:
+    """Per layer with an ablated head: ``fn(z, positions=None)`` returning ``z`` edited as
+    :func:`masked_hooks` describes (``positions``: the absolute positions ``z`` covers)."""
+    k = masks.shape[0]
+    edits = {}
+    for layer in range(model.cfg.n_layers):
+        sel = masks[:, layer, :]
+        if not bool(sel.any()):
+            continue
+        rows = sel.repeat_interleave(batch_size, 0)  # [rows, head]
+
+        def fn(z, positions=None, layer=layer, rows=rows):
+            m = rows[:, None, :, None]
+            if pos_mask is not None:
+                pm = pos_mask[:, : z.shape[1]] if positions is None else pos_mask[:, positions]
+                m = m & pm[:, :, None, None]
+            return torch.where(m, ablation.new_z(layer, z, k, positions), z)
+
+        edits[layer] = fn
+    return edits
+
+
 def masked_hooks(
     model: HeadModel,
     ablation: Ablation,
@@ -353,44 +411,55 @@ def masked_hooks(
     """``hook_z`` hooks for a batch repeated ``len(masks)`` times (copy-major): copy k takes
     ``ablation``'s values at the heads where ``masks[k]`` ([layer, head]) is True, optionally only
     where ``pos_mask`` ([rows, pos]) is True."""
-    k = masks.shape[0]
-    hooks = []
-    for layer in range(model.cfg.n_layers):
-        sel = masks[:, layer, :]
-        if not bool(sel.any()):
-            continue
-        rows = sel.repeat_interleave(batch_size, 0)  # [rows, head]
-
-        def fn(z, hook, layer=layer, rows=rows):
-            m = rows[:, None, :, None]
-            if pos_mask is not None:
-                m = m & pos_mask[:, :, None, None]
-            return torch.where(m, ablation.new_z(layer, z, k), z)
-
-        hooks.append((hook_z(layer), fn))
-    return hooks
+    return [
+        (hook_z(layer), lambda z, hook, fn=fn: fn(z))
+        for layer, fn in _masked_edits(model, ablation, masks, batch_size, pos_mask).items()
+    ]
 
 
-def _run_chunk(model, batch, masks, ablation, metric_fn, shared_pos, copy_pos, resid, start) -> torch.Tensor:
-    k, B = masks.shape[0], len(batch)
-    N = k * B
+def _chunk_pos_mask(batch, k, shared_pos, copy_pos):
+    B = len(batch)
     pos_mask = None
     if shared_pos is not None:
         pos_mask = shared_pos.repeat(k, 1)
     if copy_pos is not None:
         cp = copy_pos.repeat_interleave(B, 0)
         pos_mask = cp if pos_mask is None else pos_mask & cp
-    hooks = masked_hooks(model, ablation, masks, B, pos_mask)
-    tokens = batch.tokens.repeat(k, 1)
-    r = None
-    if resid is not None and 0 < start < model.cfg.n_layers:
-        r = resid[hook_resid_pre(start)].repeat(k, 1, 1)
+    return pos_mask
+
+
+def _run_chunk(
+    model, batch, masks, ablation, metric_fn, shared_pos, copy_pos, resid, start, tail=None, clean=None
+) -> torch.Tensor:
+    k, B = masks.shape[0], len(batch)
+    N = k * B
+    pos_mask = _chunk_pos_mask(batch, k, shared_pos, copy_pos)
     # Built-in metrics read only target and answer positions: unembed just those.
     positions = batch.needed_positions() if metric_fn in METRICS.values() else None
-    with torch.inference_mode(), model.hooks(hooks):
-        logits = model.forward_from(tokens, start, r, positions=positions)
-    assert logits.shape[0] == N
     scored = batch if positions is None else batch.select_positions(positions)
+    if tail is not None and start >= model.cfg.n_layers:  # clean masks: the clean run's logits
+        logits = clean if positions is None else clean[:, positions]
+        return _metric_values(metric_fn, logits.repeat(k, 1, 1), scored, k).detach().cpu().double()
+    if tail is not None:
+        edits = _masked_edits(model, ablation, masks, B, pos_mask)
+
+        def edit(layer, z, pos):
+            fn = edits.get(layer)
+            return z if fn is None else fn(z, pos)
+
+        r = resid[hook_resid_pre(start)].repeat(k, 1, 1)
+        z = resid[hook_z(start)].repeat(k, 1, 1, 1)
+        with torch.inference_mode():
+            logits = tail.run(r, start, edit, z, positions)
+    else:
+        hooks = masked_hooks(model, ablation, masks, B, pos_mask)
+        tokens = batch.tokens.repeat(k, 1)
+        r = None
+        if resid is not None and 0 < start < model.cfg.n_layers:
+            r = resid[hook_resid_pre(start)].repeat(k, 1, 1)
+        with torch.inference_mode(), model.hooks(hooks):
+            logits = model.forward_from(tokens, start, r, positions=positions)
+    assert logits.shape[0] == N
     return _metric_values(metric_fn, logits, scored, k).detach().cpu().double()
 
 
@@ -510,6 +579,7 @@ def sweep_heads(
     max_rows: int = 512,
     progress: bool = True,
     checkpoint: str | Path | None = None,
+    fused: bool = True,
 ) -> AblationResult:
     """Ablate each head alone (or each (head, position) with ``per_position=True``) and measure.
 
@@ -521,6 +591,7 @@ def sweep_heads(
         positions: restrict every ablation to these positions.
         per_position: sweep every (head, position) pair instead (position = absolute index).
         checkpoint: a file for partial results; rerunning after an interrupt resumes from it.
+        fused: allow :func:`evaluate_masks`'s fused fast path.
     """
     abl, batch, hib, baseline = prepare(model, task, ablation, alpha, metric, higher_is_better)
     hs = parse_heads(heads, model) if heads is not None else all_heads(model)
@@ -545,6 +616,7 @@ def sweep_heads(
         progress=progress,
         desc=f"{abl.label} sweep",
         checkpoint=checkpoint,
+        fused=fused,
     )
     table = _result_table(rows, values.numpy(), baseline, abl.label, metric_name(metric), hib)
     return AblationResult(table, metric_name(metric), abl.label, baseline, hib)

@@ -1,16 +1,18 @@
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
+from conftest import TINY, perturbed_state
 
-from mechheads import Head, MechheadsError, scale_heads, zoo
+from mechheads import ArchConfig, Head, MechheadsError, build_model, scale_heads, zoo
 from mechheads.ablation import (
     Ablation,
     evaluate_masks,
     evaluate_masks_naive,
+    masks_from_head_sets,
     sweep_heads,
     sweep_heads_naive,
 )
+from mechheads.heads import all_heads
 from mechheads.tasks import induction_task
 from mechheads.tasks.core import tokenize_pairs
 from mechheads.tokenizer import WordTokenizer
@@ -239,3 +241,92 @@ def test_induction_model_sweep_finds_its_circuit(backend):
 
     together = cumulative_ablation(model, task, induction, mean, metric="nll", progress=False).damage.iloc[-1]
     assert together > 10 and together > 50 * max(abs(imp[h]) for h in induction)
+
+
+# ----- the fused fast path -------------------------------------------------------------------------
+
+FUSED_CFGS = {
+    "mlp_3_layers": ArchConfig(n_layers=3, n_heads=3, d_model=24, d_head=8, d_vocab=40, n_ctx=16, d_mlp=32),
+    "rotary_mlp": ArchConfig(
+        n_layers=3, n_heads=2, d_model=16, d_head=8, d_vocab=40, n_ctx=16, d_mlp=16, positional="rotary"
+    ),
+    "attn_only": ArchConfig(n_layers=2, n_heads=3, d_model=24, d_head=8, d_vocab=40, n_ctx=16),
+    "bidirectional": ArchConfig(
+        n_layers=2,
+        n_heads=2,
+        d_model=16,
+        d_head=8,
+        d_vocab=40,
+        n_ctx=16,
+        d_mlp=16,
+        attention_dir="bidirectional",
+    ),
+}
+
+
+def _last_logsumexp(logits, b):
+    """A user metric: it reads every position, so the fused tail must not trim any."""
+    return logits.logsumexp(-1).mean()
+
+
+@pytest.mark.parametrize("name", list(FUSED_CFGS))
+def test_fused_path_equals_hook_path_and_naive(backend, name):
+    """The fused tail (start from the clean z, last layer at read positions, trailing positions
+    dropped) equals the hook path and one plain forward per mask, for every ablation method,
+    multi-layer masks, shared positions and built-in and user metrics."""
+    cfg = FUSED_CFGS[name]
+    model = build_model(cfg, perturbed_state(cfg, seed=5), backend=backend)
+    assert model.fused_tail() is not None
+    b = tiny_batch()
+    g = torch.Generator().manual_seed(6)
+    masks = torch.rand(10, cfg.n_layers, cfg.n_heads, generator=g) < 0.35
+    masks[0] = False
+    masks[1] = False
+    masks[1, -1, 0] = True  # a mask that starts in the last layer
+    settings = [("nll", None), ("logit_diff", [1, -2]), (_last_logsumexp, b.answer_pos)]
+    for i, abl in enumerate(_ablations(model, b)):  # every method, each with one metric and positions
+        metric, positions = settings[i % 3]
+        kw = dict(positions=positions, max_rows=12)
+        fast = evaluate_masks(model, b, masks, abl, metric, **kw)
+        slow = evaluate_masks_naive(model, b, masks, abl, metric, positions=positions)
+        assert (fast - slow).abs().max() <= 1e-5, (abl.label, metric)
+        if i < 3:
+            hooks = evaluate_masks(model, b, masks, abl, metric, fused=False, **kw)
+            assert (hooks - slow).abs().max() <= 1e-5, (abl.label, metric)
+    assert model.n_attached_hooks() == 0
+
+
+@pytest.mark.parametrize("name", ["mlp_3_layers", "rotary_mlp"])
+def test_fused_per_position_sweep_equals_naive(backend, name):
+    """(head, position) sweep on the fused path equals a naive forward per head and position."""
+    cfg = FUSED_CFGS[name]
+    model = build_model(cfg, perturbed_state(cfg, seed=7), backend=backend)
+    b = tiny_batch(3, seed=8)
+    T = b.tokens.shape[1]
+    heads = [Head(0, 1), Head(cfg.n_layers - 2, 0), Head(cfg.n_layers - 1, 1)]
+    for abl in (Ablation.mean(model, tiny_batch(6, seed=1), per_position=True),):
+        res = sweep_heads(model, b, abl, metric="nll", heads=heads, per_position=True, progress=False)
+        masks = masks_from_head_sets(model, [[h] for h in heads])
+        want = torch.stack(
+            [evaluate_masks_naive(model, b, masks, abl, "nll", positions=p) for p in range(T)], 1
+        ).flatten()
+        assert np.abs(res.table.value.to_numpy() - want.numpy()).max() <= 1e-5, abl.label
+
+
+def test_hooks_attached_by_other_code_still_apply(tiny, batch):
+    """With another hook attached, evaluate_masks takes the hook path so that hook keeps working."""
+    from mechheads.model import hook_resid_post
+
+    masks = masks_from_head_sets(tiny, [[h] for h in all_heads(tiny)])
+    fired = []
+
+    def halve(x, hook):
+        fired.append(1)
+        return x * 0.5
+
+    with tiny.hooks([(hook_resid_post(0), halve)]):
+        got = evaluate_masks(tiny, batch, masks, Ablation.zero(), "nll", max_rows=100)
+        want = evaluate_masks_naive(tiny, batch, masks, Ablation.zero(), "nll")
+    plain = evaluate_masks(tiny, batch, masks, Ablation.zero(), "nll", max_rows=100)
+    assert fired and (got - want).abs().max() <= 1e-5
+    assert (got - plain).abs().max() > 1e-3  # the outside hook really changed the results

@@ -214,3 +214,115 @@ def test_forward_from_a_layer_equals_the_full_forward(tiny, tokens):
         tiny.forward_from(tokens, 1, cache["blocks.1.hook_resid_pre"])
     assert fired == ([1] if tiny.reuses_prefix else [0, 1])
     assert tiny.n_attached_hooks() == 0  # the bridge's early stop unwinds its hook too
+
+
+TINY_3L = ArchConfig(n_layers=3, n_heads=3, d_model=24, d_head=8, d_vocab=40, n_ctx=16, d_mlp=32)
+TINY_BIDI = ArchConfig(
+    n_layers=3, n_heads=2, d_model=16, d_head=8, d_vocab=40, n_ctx=16, d_mlp=16, attention_dir="bidirectional"
+)
+TINY_RELU_ROT = ArchConfig(
+    n_layers=3,
+    n_heads=2,
+    d_model=16,
+    d_head=8,
+    d_vocab=40,
+    n_ctx=16,
+    d_mlp=16,
+    act_fn="relu",
+    positional="rotary",
+)
+TAIL_CFGS = [TINY, TINY_ATTN, TINY_ROT, TINY_3L, TINY_BIDI, TINY_RELU_ROT]
+TAIL_IDS = ["mlp", "attn_only", "rotary", "3_layers", "bidirectional", "relu_rotary"]
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("cfg", TAIL_CFGS, ids=TAIL_IDS)
+def test_fused_tail_equals_the_backend_forward_from_every_layer(backend, cfg, tokens):
+    """The hook-free tail reproduces the backend's logits from any start layer, with or without the
+    clean z of the start layer, at all positions or only at read positions."""
+    model = build_model(cfg, perturbed_state(cfg, seed=2), backend=backend)
+    tail = model.fused_tail()
+    assert tail is not None
+    L = cfg.n_layers
+    names = [n for l in range(L) for n in (f"blocks.{l}.hook_resid_pre", hook_z(l))]
+    full, cache = model.run_with_cache(tokens, names)
+    for pos in (None, torch.tensor([2, 5]), torch.tensor([0, 9])):
+        want = full if pos is None else full[:, pos]
+        for layer in range(L):
+            r = cache[f"blocks.{layer}.hook_resid_pre"]
+            for z in (None, cache[hook_z(layer)]):
+                got = tail.run(r, layer, None, z, pos)
+                assert got.shape == want.shape
+                assert (got - want).abs().max().item() < 1e-5, (layer, pos, z is None)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("cfg", [TINY_3L, TINY_RELU_ROT], ids=["3_layers", "relu_rotary"])
+def test_fused_tail_edit_z_equals_a_hook_z_edit(backend, cfg, tokens):
+    """edit_z acts like a hook on hook_z at every layer from the start, also where the last layer
+    only computes read positions."""
+    model = build_model(cfg, perturbed_state(cfg, seed=4), backend=backend)
+    tail = model.fused_tail()
+    g = torch.Generator().manual_seed(0)
+    gains = torch.rand(cfg.n_layers, cfg.n_heads, generator=g) * 2  # [layer, head]
+    shift = torch.rand(tokens.shape[1], generator=g)  # [pos]: checks positions are passed right
+
+    def edit(layer, z, pos):
+        s = shift[: z.shape[1]] if pos is None else shift[pos]
+        return z * gains[layer][None, None, :, None] + s[None, :, None, None]
+
+    def hook(layer):
+        return lambda z, hook: edit(layer, z, None)
+
+    for start in range(cfg.n_layers):
+        _, cache = model.run_with_cache(tokens, [f"blocks.{start}.hook_resid_pre", hook_z(start)])
+        hooks = [(hook_z(l), hook(l)) for l in range(start, cfg.n_layers)]
+        want = model.run_with_hooks(tokens, hooks)
+        for pos in (None, torch.tensor([1, 4, 7])):
+            got = tail.run(cache[f"blocks.{start}.hook_resid_pre"], start, edit, cache[hook_z(start)], pos)
+            ref = want if pos is None else want[:, pos]
+            assert (got - ref).abs().max().item() < 1e-5, (start, pos)
+
+
+def test_fused_tail_declines_architectures_it_does_not_reproduce(backend):
+    """A gated MLP is outside the fused tail: fused_tail() is None (callers then use hooks)."""
+    if backend == "hooked":
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+        tl = HookedTransformer(
+            HookedTransformerConfig(
+                n_layers=1,
+                d_model=16,
+                n_ctx=8,
+                d_head=4,
+                n_heads=4,
+                d_vocab=20,
+                d_mlp=32,
+                act_fn="silu",
+                gated_mlp=True,
+                normalization_type="RMS",
+            )
+        )
+    else:
+        from transformer_lens.config import TransformerBridgeConfig
+        from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
+        from transformer_lens.model_bridge.sources.native import NativeModel
+
+        cfg = TransformerBridgeConfig(
+            n_layers=1,
+            d_model=16,
+            n_ctx=8,
+            d_head=4,
+            n_heads=4,
+            d_vocab=20,
+            d_mlp=32,
+            act_fn="silu",
+            gated_mlp=True,
+            normalization_type="RMS",
+        )
+        tl = build_bridge_from_module(
+            NativeModel(cfg), "TransformerLensNative", tl_config=cfg, model_name="g"
+        )
+    model = wrap(tl)
+    assert model.backend == backend and model.fused_tail() is None
+    assert build_model(TINY, backend=backend).fused_tail() is not None
