@@ -107,10 +107,17 @@ VISION_SPECS: dict[str, VisionSpec] = {
             "and a frame (mechheads.vision.data.spectrograms)."
         ),
         expected_circuit=(
-            "The paper (Bahador 2025) reports heads that attend only to the chirp in middle layers and heads "
-            "that pick out text, the colour bar or the plot's edges and corners in early layers. What this "
-            "model's heads do is measured on its card (attention-mass shares on the pixel masks, per-head "
-            "ablation)."
+            "Measured on this model (tables below; seed-1001 images): no head specialises on a distractor. In the"
+            " paper-style maps (CLS dropped, mean over query patches) every head's text share is within 1.0x of "
+            "the text's area, the frame's within 1.55x, the colour bar's within 1.4x: no text, colour-bar or "
+            "edge/corner detector; those maps are diffuse or lean to the chirp (at most 0.33 of the mass, 5.5x "
+            "its area, L3H1). The chirp is read by the CLS token: six heads in layers 1-3 (L1H1, L2H1, L2H2, "
+            "L3H0, L3H1, L3H3) put 55-86% of the CLS row's attention on chirp patches (6% of the image), and they"
+            " include the most damaging ablations (L3H1 +533%, L2H2 +434%, L1H1 +218% MSE). Every head matters: "
+            "the smallest ablation cost is +14% (the model is accurate, MSE 4e-4, so any damage is large relative"
+            " to it), and CHG with the MSE relative to the intact model's calls all 16 heads facilitating in 3 of"
+            " 3 seeds. Unlike the paper's fine-tuned pretrained ViT this one is trained from scratch on a task "
+            "where the distractors carry no information, and it grew no early distractor detectors."
         ),
         vit=dict(
             image_size=64, patch_size=8, channels=3, n_layers=4, n_heads=4, d_model=64, d_head=16, d_mlp=128
