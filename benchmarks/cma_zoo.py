@@ -65,6 +65,12 @@ def function_vectors(model, args, out):
         aie = average_indirect_effect(model, task, n_trials=args.trials, seed=0, progress=False)
         sig = significant_heads(aie)
         cma.append(sig)
+        # variant (not the paper's): the bare query as the corrupted run, where P(answer) has room to rise
+        zs = average_indirect_effect(
+            model, task, n_trials=args.trials, corruption="zero-shot", progress=False
+        )
+        zs_sig = significant_heads(zs).assign(method="function-vector (zero-shot variant)")
+        cma.append(zs_sig)
         fv = function_vector(model, aie, k=10)
         held_out = function_task(name, "icl", n=args.n, seed=1000)
         ev = evaluate_function_vector(model, fv, held_out)
@@ -77,6 +83,8 @@ def function_vectors(model, args, out):
             f"\nfiltered: {dict(zip(aie.filtered.reason, aie.filtered.n, strict=True))}; "
             f"P(answer) clean {aie.clean:.3f}, corrupted {aie.baseline:.3f}"
         )
+        print(f"\nZero-shot variant (corrupted run = the bare query, P(answer) {zs.baseline:.3f}):\n")
+        print(heat(zs.to_array()))
         rows.append(
             dict(
                 task=name,
@@ -86,6 +94,14 @@ def function_vectors(model, args, out):
                 min_aie=aie.table.aie.min(),
                 n_3sigma=int(sig.significant.sum()),
                 heads_3sigma=" ".join(f"L{r.layer}H{r.head}" for r in sig[sig.significant].itertuples()),
+                p_zero_shot=zs.baseline,
+                top_zero_shot_variant=", ".join(
+                    f"L{r.layer}H{r.head} ({r.aie:+.3f})"
+                    for r in zs.table.sort_values("aie", ascending=False).head(3).itertuples()
+                ),
+                heads_3sigma_zero_shot_variant=" ".join(
+                    f"L{r.layer}H{r.head}" for r in zs_sig[zs_sig.significant].itertuples()
+                ),
                 zero_shot_without=best[best.condition == "zero-shot"].acc_without.iloc[0],
                 zero_shot_with=best[best.condition == "zero-shot"].acc_with.iloc[0],
                 zero_shot_layer=int(best[best.condition == "zero-shot"].layer.iloc[0]),
@@ -183,6 +199,8 @@ def main():
     cma = pd.concat(cma, ignore_index=True)
     print("\n### CMA-significant heads per task (input to CHG vs CMA)\n")
     print(md(cma[cma.significant][["task", "method", "layer", "head", "score"]]))
+    print("\nCounts:\n")
+    print(md(cma.groupby(["task", "method"]).significant.sum().reset_index()))
     if out:
         cma.to_csv(out / "cma_heads.csv", index=False)
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
