@@ -298,12 +298,14 @@ def run_patches(
     max_rows: int = 512,
     progress: bool = False,
     desc: str = "patching",
+    baseline: dict | None = None,
 ) -> Float[torch.Tensor, "k batch"]:
     """Per-prompt metric under K patches: patch k replaces the heads of ``masks[k]`` with
     ``values`` (an :class:`~mechheads.ablation.Ablation`: ``"resample"`` for a source run aligned to
     the batch, ``"mean"`` for one vector per head) at the positions of ``pos_masks[k]``.
 
-    Returns [K, batch] float64 on the CPU.
+    Returns [K, batch] float64 on the CPU. If ``baseline`` is a dict and the unpatched run was
+    needed anyway (for the prefix cache), its per-prompt metric is stored there under ``"items"``.
     """
     L, H = model.cfg.n_layers, model.cfg.n_heads
     if masks.ndim != 3 or tuple(masks.shape[1:]) != (L, H):
@@ -330,7 +332,11 @@ def run_patches(
     resid = None
     if model.reuses_prefix and starts:
         with torch.inference_mode():
-            _, resid = model.run_with_cache(batch.tokens, [hook_resid_pre(layer) for layer in starts])
+            clean_logits, resid = model.run_with_cache(
+                batch.tokens, [hook_resid_pre(layer) for layer in starts]
+            )
+        if baseline is not None:  # the unpatched metric comes free with the prefix cache
+            baseline["items"] = _values(fn, clean_logits, batch).cpu().double()
     positions = batch.needed_positions() if metric in METRICS else None
     scored = batch if positions is None else batch.select_positions(positions)
     out = torch.empty(K, B, dtype=torch.float64)
@@ -465,6 +471,7 @@ def patch_heads(
     S = slots.shape[0]
     masks = single.repeat_interleave(S, 0)
     pos_masks = slots.repeat(len(hs), 1, 1)
+    clean: dict = {}
     per_item = run_patches(
         model,
         batch,
@@ -475,8 +482,9 @@ def patch_heads(
         max_rows=max_rows,
         progress=progress,
         desc="patching heads",
+        baseline=clean,
     ).numpy()
-    base = metric_per_item(model, batch, metric).numpy()
+    base = (clean["items"] if "items" in clean else metric_per_item(model, batch, metric)).numpy()
     src_items = None
     if src_batch is not None and _same_targets(batch, src_batch):
         src_items = metric_per_item(model, src_batch, metric).numpy()
