@@ -14,7 +14,8 @@ Design (fixed before the first run; every configuration run is reported, none dr
   english-french, past-tense verbs → present-past, plural nouns → singular-plural, capitalised
   words → capitalize; antonym is a further "other" task;
 * head–concept score: explained-variance ratio of an 8-atom SOMP fit on the concept's tokens;
-  the top 2 heads per concept (2 of 16) are steered;
+  the top 2 heads per concept (2 of 16) are steered; the tables also show the chance level (mean
+  score of 20 random token sets of the concept's size; added after the first run);
 * steering: α = −1 (the paper's suppression) and α = 0 (zero ablation), scale_heads on hook_z;
 * evaluation: fresh prompts (seed 1000), top-1 accuracy on the first answer token, and the
   probability mass on the concept's tokens at the answer position; 10 matched random head sets
@@ -84,7 +85,7 @@ def specific_top_heads(cs, concept: str, n: int):
 
 def run_config(model, writes, positions, alpha, fmt, n_eval, n_controls, n_top, metric_kind, ranking):
     concepts = {c: WORD_CONCEPTS[c] for c in CONCEPT_TASK}
-    cs = concept_scores(model, None, concepts, k=8, writes=writes, progress=False)
+    cs = concept_scores(model, None, concepts, k=8, writes=writes, n_random=20, progress=False)
     tasks = {name: function_task(name, fmt, n=n_eval, seed=1000) for name in FUNCTION_TASK_NAMES}
     results = {}
     for c in CONCEPT_TASK:
@@ -164,7 +165,7 @@ def main():
                 cs.table[cs.table["rank"] <= 3]
                 .sort_values(["concept", "rank"])
                 .assign(head=lambda d: "L" + d.layer.astype(str) + "H" + d["head"].astype(str))
-            )[["concept", "rank", "head", "score", "top_tokens"]]
+            )[["concept", "rank", "head", "score", "chance", "above_chance", "top_tokens"]]
             print(f"## Top heads per concept (positions={positions!r}, 8-atom concept fits)\n")
             print(md(top))
             print()

@@ -101,6 +101,19 @@ def test_somp_weights_reconstruct_the_least_squares_fit():
         )
 
 
+def test_somp_with_linearly_dependent_atoms_matches_naive_fit():
+    g = torch.Generator().manual_seed(2)
+    base = torch.randn(2, 6, generator=g, dtype=torch.float64)
+    D = torch.stack([base[0], base[1], base[0]])  # atom 2 duplicates atom 0
+    X = torch.randn(1, 5, 2, generator=g, dtype=torch.float64) @ base
+    fast, slow = somp(X, D, 3), somp_naive(X, D, 3)
+    assert torch.equal(fast.support, slow.support) and fast.support[0, 2] == 2
+    assert torch.isfinite(fast.weights).all()
+    Dn = D / D.norm(dim=1, keepdim=True)
+    assert torch.allclose(fast.weights[0] @ Dn[fast.support[0]], slow.weights[0] @ Dn[slow.support[0]])
+    assert (fast.explained - slow.explained).abs().max() < 1e-9 and fast.explained[0, -1] > 1 - 1e-9
+
+
 def test_somp_zero_signal_has_zero_explained_variance():
     fit = somp(torch.zeros(2, 5, 8), torch.randn(10, 8), 3)
     assert torch.equal(fit.explained, torch.zeros(2, 3, dtype=torch.float64))
@@ -177,6 +190,25 @@ def test_full_vocabulary_concept_equals_unrestricted_pursuit(tiny_tok):
     ]
     assert cs.k == {"all": 4, "cities": 4}
     assert cs.to_array("cities").shape == (TINY.n_layers, TINY.n_heads)
+
+
+def test_chance_level_matches_random_token_sets(tiny_tok):
+    X = head_writes(tiny_tok, _task(16), progress=False)
+    concept = ["Paris", "Rome", "Oslo", "Lima", "Cairo"]
+    cs = concept_scores(tiny_tok, None, {"c": concept}, k=3, writes=X, n_random=4, seed=1, progress=False)
+    again = concept_scores(tiny_tok, None, {"c": concept}, k=3, writes=X, n_random=4, seed=1, progress=False)
+    assert cs.table.chance.tolist() == again.table.chance.tolist()
+    assert np.allclose(cs.table.above_chance, cs.table.score - cs.table.chance)
+    # reference: the same seeded draws, fitted one by one
+    full = unembedding_dictionary(tiny_tok)
+    ids = set(concept_dictionary(tiny_tok, concept).token_ids)
+    pool = torch.tensor([i for i in range(len(full)) if i not in ids])
+    gen = torch.Generator().manual_seed(1)
+    sets = [pool[torch.randperm(len(pool), generator=gen)[:5]] for _ in range(4)]
+    assert all(not set(s.tolist()) & ids for s in sets)
+    want = torch.stack([somp_naive(X.reshape(6, 16, -1), full.atoms[s], 3).explained[:, -1] for s in sets])
+    assert np.allclose(cs.table.chance.to_numpy(), want.mean(0).numpy(), atol=1e-9)
+    assert "chance" not in concept_scores(tiny_tok, None, {"c": concept}, writes=X, progress=False).table
 
 
 def test_user_dictionary_is_normalised_and_named(tiny_tok):
