@@ -5,7 +5,10 @@ Layers (each depends only on those above it):
 1. :mod:`mechheads.model` (the protocol over both TransformerLens backends), :mod:`mechheads.heads`
    (head addressing and masks), :mod:`mechheads.hooks` (temporary per-head interventions);
 2. :mod:`mechheads.tasks` (prompts, targets, metrics, generators), :mod:`mechheads.zoo` (tiny trained models);
-3. one module per method (:mod:`mechheads.detectors`, …).
+3. one module per method: :mod:`mechheads.ablation`, :mod:`mechheads.ablation_curves`,
+   :mod:`mechheads.attribution`, :mod:`mechheads.chg`, :mod:`mechheads.patching`,
+   :mod:`mechheads.function_vectors`, :mod:`mechheads.symbolic`, :mod:`mechheads.detectors`,
+   :mod:`mechheads.pursuit`, :mod:`mechheads.vision`.
 """
 
 from mechheads.arch import ArchConfig
