@@ -12,6 +12,15 @@ from mechheads.model import available_backends  # noqa: E402
 BACKENDS = available_backends()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    # The models in the tests are tiny: one thread is faster than two fighting over 2 cores.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
