@@ -41,7 +41,9 @@ def main() -> None:
         task = function_task("antonym", "icl", n=256, seed=1)
     obj = TaskLoss(model, task)
     batch = obj.batch.index(torch.arange(args.batch))
-    print(f"model {args.model} ({model.backend}), batch {tuple(batch.tokens.shape)}, threads {torch.get_num_threads()}")
+    print(
+        f"model {args.model} ({model.backend}), batch {tuple(batch.tokens.shape)}, threads {torch.get_num_threads()}"
+    )
 
     def plain(n: int) -> None:
         model.requires_grad_(True)
@@ -52,8 +54,16 @@ def main() -> None:
 
     def chg_fit(seeds: list[int], n: int) -> torch.Tensor:
         return fit_phase(
-            model, obj, init_logits(model, seeds), phase="zero", lam=0.0, n_updates=n, lr=(0.1, 0.01),
-            batch_size=args.batch, seed=0, progress=False,
+            model,
+            obj,
+            init_logits(model, seeds),
+            phase="zero",
+            lam=0.0,
+            n_updates=n,
+            lr=(0.1, 0.01),
+            batch_size=args.batch,
+            seed=0,
+            progress=False,
         ).logits
 
     def timed(fn, *a):
@@ -75,10 +85,14 @@ def main() -> None:
             ts += t
             diffs.append(float((torch.sigmoid(joint[i]) - torch.sigmoid(alone[0])).abs().max()))
         r_seeds.append(ts / tj)
-        print(f"  repeat: update {tc / args.updates * 1e3:.1f} ms vs plain fwd+bwd {tp / args.updates * 1e3:.1f} ms "
-              f"({tc / tp:.2f}x); {len(seeds)} seeds joint {tj:.2f} s vs sequential {ts:.2f} s ({ts / tj:.2f}x)")
+        print(
+            f"  repeat: update {tc / args.updates * 1e3:.1f} ms vs plain fwd+bwd {tp / args.updates * 1e3:.1f} ms "
+            f"({tc / tp:.2f}x); {len(seeds)} seeds joint {tj:.2f} s vs sequential {ts:.2f} s ({ts / tj:.2f}x)"
+        )
     print(f"CHG update / plain forward+backward: {statistics.median(r_update):.2f}x (target <= 1.3x)")
-    print(f"{len(seeds)} seeds together vs sequential, throughput: {statistics.median(r_seeds):.2f}x (target >= 2x)")
+    print(
+        f"{len(seeds)} seeds together vs sequential, throughput: {statistics.median(r_seeds):.2f}x (target >= 2x)"
+    )
     print(f"max |gate difference| joint vs sequential: {max(diffs):.2e}")
 
 

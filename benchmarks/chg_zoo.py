@@ -6,6 +6,7 @@ Prints markdown tables (pasted into benchmarks/RESULTS.md) and writes CSVs to --
 Usage:
     python benchmarks/chg_zoo.py induction [--seeds 10] [--updates 500]
     python benchmarks/chg_zoo.py contrastive [--updates 500] [--batch 64] [--tasks antonym,...]
+    python benchmarks/chg_zoo.py cma [--seeds 10] [--updates 500] [--tasks antonym,country-capital]
 """
 
 from __future__ import annotations
@@ -98,9 +99,44 @@ def contrastive(args) -> None:
     print(md((100 * wide).round(0)))
 
 
+def cma(args) -> None:
+    """CHG vs CMA (paper §4.3): max facilitation over seeds, CMA-significant heads vs the rest."""
+    from mechheads.chg import compare_with_cma
+    from mechheads.symbolic import cma_significant_heads
+    from mechheads.tasks import aba_abb_task, function_task
+
+    model = zoo.load("tasks-4l")
+    tasks = args.tasks.split(",") if args.tasks else ["antonym", "country-capital"]
+    t = time.perf_counter()
+    sig = cma_significant_heads(model, tasks, aba_abb=True, n=args.n_eval, progress=False)
+    print(f"CMA in {time.perf_counter() - t:.0f} s")
+    cfg = CHGConfig(n_updates=args.updates, batch_size=args.batch)
+    fac = []
+    for name in sorted(set(sig.task)):
+        base = name.split("/")[0]
+        data = aba_abb_task(256, seed=5) if base == "aba-abb" else function_task(base, "icl", n=256, seed=5)
+        t = time.perf_counter()
+        res = fit(
+            model,
+            data,
+            seeds=range(args.seeds),
+            config=cfg,
+            seeds_per_forward=args.per_forward,
+            progress=False,
+        )
+        print(f"CHG {name}: {args.seeds} seeds in {time.perf_counter() - t:.0f} s")
+        a = res.aggregate("any")
+        a["task"] = name
+        fac.append(a)
+    fac = pd.concat(fac, ignore_index=True)
+    sig.to_csv(args.out / "cma_significant.csv", index=False)
+    fac.to_csv(args.out / "chg_facilitation_any.csv", index=False)
+    print(md(compare_with_cma(fac, sig).round(4), index=False))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["induction", "contrastive"])
+    ap.add_argument("what", choices=["induction", "contrastive", "cma"])
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--updates", type=int, default=500)
     ap.add_argument("--batch", type=int, default=64)
@@ -115,7 +151,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    {"induction": induction, "contrastive": contrastive}[args.what](args)
+    {"induction": induction, "contrastive": contrastive, "cma": cma}[args.what](args)
 
 
 if __name__ == "__main__":
