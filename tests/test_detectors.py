@@ -14,16 +14,6 @@ from mechheads.detectors import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: thread start-up costs more than the work, and on a shared 2-core machine
-    two threads per process oversubscribe it (10x slower here). Restored after the module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def induction2l(backend):
     return zoo.load("induction-2l", backend=backend)

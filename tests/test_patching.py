@@ -14,17 +14,6 @@ from mechheads.patching import (
 )
 from mechheads.tokenizer import WordTokenizer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: thread start-up costs more than the work, and on a shared 2-core machine
-    two threads per process oversubscribe it (10x slower here). Restored after the module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 WORDS = [f"w{i}" for i in range(TINY.d_vocab - 2)]
 
 
