@@ -43,11 +43,12 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
+from mechheads.ablation import _metric_values, as_batch
 from mechheads.errors import MechheadsError
 from mechheads.hooks import gate_heads
 from mechheads.model import HeadModel, hook_z
 from mechheads.tasks.core import Task, TokenBatch
-from mechheads.tasks.metrics import HIGHER_IS_BETTER, METRICS, Metric, mse, target_logprob
+from mechheads.tasks.metrics import HIGHER_IS_BETTER, METRICS, Metric, get_metric, mse, target_logprob
 
 DEFAULT_LAMBDA = 1.5e-4
 """Per-gate regularisation strength: the paper's λ = 0.1 over Llama-3.2-3B's 672 heads."""
@@ -139,12 +140,7 @@ def _hash_tensors(*tensors: torch.Tensor) -> str:
 
 
 def _as_batch(model: HeadModel, data: Task | TokenBatch, what: str) -> TokenBatch:
-    if isinstance(data, Task):
-        batch = data.batch(model)
-    elif isinstance(data, TokenBatch):
-        batch = data.to(model.device)
-    else:
-        raise MechheadsError(f"{what} must be a Task or a TokenBatch, got {type(data).__name__}")
+    batch = as_batch(model, data)
     empty = (batch.target_mask.sum(-1) == 0).nonzero().flatten().tolist()
     if empty:
         raise MechheadsError(
@@ -288,6 +284,13 @@ def check_gateable(model: HeadModel) -> None:
             f"model {model.name!r} has no attention heads to gate ({L} layers × {H} heads, "
             f"hook {hook_z(0)!r} {'present' if hook_z(0) in model.hook_names else 'absent'})"
         )
+
+
+def _check_seeds(seeds: Iterable[int]) -> list[int]:
+    out = [int(s) for s in seeds]
+    if not out or len(set(out)) != len(out):
+        raise MechheadsError(f"seeds must be a non-empty list of distinct integers, got {out}")
+    return out
 
 
 def init_logits(model: HeadModel, seeds: Sequence[int]) -> Float[torch.Tensor, "seed layer head"]:
@@ -476,6 +479,12 @@ def fit_phase(
 
 
 # ----- results ---------------------------------------------------------------------------------
+def _seed_head_index(seeds: Sequence[int], L: int, H: int) -> dict[str, np.ndarray]:
+    """seed, layer and head columns for arrays [seed, layer, head] flattened in C order."""
+    k, l, h = np.meshgrid(np.arange(len(seeds)), np.arange(L), np.arange(H), indexing="ij")
+    return {"seed": np.asarray(seeds)[k.ravel()], "layer": l.ravel(), "head": h.ravel()}
+
+
 def role_labels(facilitation: np.ndarray, interference: np.ndarray, irrelevance: np.ndarray) -> np.ndarray:
     """The taxonomy label per head: the largest of the three scores; ``mixed`` when facilitation and
     interference are both ≥ 0.5 (G− open but G+ shut: the two fits disagree)."""
@@ -514,13 +523,9 @@ class CHGResult:
     def scores(self) -> pd.DataFrame:
         """One row per (seed, layer, head): gates of every phase, the three scores and the role."""
         s = self.score_arrays()
-        K, L, H = s["facilitation"].shape
-        k, l, h = np.meshgrid(np.arange(K), np.arange(L), np.arange(H), indexing="ij")
         df = pd.DataFrame(
             {
-                "seed": np.asarray(self.seeds)[k.ravel()],
-                "layer": l.ravel(),
-                "head": h.ravel(),
+                **_seed_head_index(self.seeds, self.n_layers, self.n_heads),
                 "g_zero": self.g_zero.double().numpy().ravel(),
                 "g_plus": self.g_plus.double().numpy().ravel(),
                 "g_minus": self.g_minus.double().numpy().ravel(),
@@ -644,9 +649,7 @@ def fit(
     """
     config = config or CHGConfig()
     check_gateable(model)
-    seeds = [int(s) for s in seeds]
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise MechheadsError(f"seeds must be a non-empty list of distinct integers, got {seeds}")
+    seeds = _check_seeds(seeds)
     obj = _objective(model, data, loss)
     ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if ckdir is not None:
@@ -709,9 +712,7 @@ def evaluate_gates(
         gates = gates[None]
     if gates.ndim != 3 or tuple(gates.shape[1:]) != (L, H):
         raise MechheadsError(f"gates must be [k, {L}, {H}], got {tuple(gates.shape)}")
-    fn = METRICS.get(metric) if isinstance(metric, str) else metric
-    if fn is None:
-        raise MechheadsError(f"unknown metric {metric!r}; valid: {sorted(METRICS)} or a callable")
+    fn = get_metric(metric)
     B = len(batch)
     per = max(1, max_rows // B)
     out = []
@@ -719,14 +720,9 @@ def evaluate_gates(
         for s in range(0, len(gates), per):
             g = gates[s : s + per].to(model.device)
             k = len(g)
-            rep = batch.repeat(k)
             with gate_heads(model, g.repeat_interleave(B, dim=0)):
-                logits = model(rep.tokens)
-            if fn in METRICS.values():
-                vals = fn(logits, rep, reduce="none").view(k, B).mean(1)
-            else:
-                vals = torch.stack([fn(logits[i * B : (i + 1) * B], batch).reshape(()) for i in range(k)])
-            out.append(vals.float().cpu())
+                logits = model(batch.tokens.repeat(k, 1))
+            out.append(_metric_values(fn, logits, batch, k).float().cpu())
     return torch.cat(out)
 
 
@@ -857,16 +853,7 @@ class ContrastiveResult:
 
     def table(self) -> pd.DataFrame:
         g = self.gates.double().numpy()
-        K, L, H = g.shape
-        k, l, h = np.meshgrid(np.arange(K), np.arange(L), np.arange(H), indexing="ij")
-        return pd.DataFrame(
-            {
-                "seed": np.asarray(self.seeds)[k.ravel()],
-                "layer": l.ravel(),
-                "head": h.ravel(),
-                "gate": g.ravel(),
-            }
-        )
+        return pd.DataFrame({**_seed_head_index(self.seeds, *g.shape[1:]), "gate": g.ravel()})
 
 
 def fit_contrastive(
@@ -883,9 +870,7 @@ def fit_contrastive(
     target log-probability while pushing the forget variant's below it, on matched pairs (row i
     of ``retain`` and ``forget`` differ only in the task's formulation)."""
     config = config or ContrastiveConfig()
-    seeds = [int(s) for s in seeds]
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise MechheadsError(f"seeds must be a non-empty list of distinct integers, got {seeds}")
+    seeds = _check_seeds(seeds)
     check_gateable(model)
     obj = ContrastiveLoss(model, retain, forget, config.diff_clip)
     res = fit_phase(

@@ -5,7 +5,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, perturbed_state
+from conftest import BACKENDS, TINY, perturbed_state
 
 from mechheads import ArchConfig, MechheadsError, TokenBatch, build_model
 from mechheads.arch import init_state
@@ -99,12 +99,6 @@ def test_mean_form_lambda_on_few_heads_drowns_the_task_signal(backend):
     assert roles == {"strong": "irrelevant", "default": "interfering"}
 
 
-def _backends():
-    from mechheads.model import available_backends
-
-    return available_backends()
-
-
 def test_joint_seeds_equal_separate_fits(backend):
     model = build_model(TINY, perturbed_state(TINY), backend=backend)
     toks = torch.randint(0, TINY.d_vocab, (24, 8), generator=torch.Generator().manual_seed(1))
@@ -139,7 +133,7 @@ def test_same_seed_same_gates_and_trajectory_ends_at_result(backend):
 
 
 def test_init_is_uniform_gates_per_seed():
-    model = build_model(HAND, hand_state(), backend=_backends()[0])
+    model = build_model(HAND, hand_state(), backend=BACKENDS[0])
     lg = init_logits(model, range(200))
     g = torch.sigmoid(lg)
     assert (
