@@ -34,6 +34,16 @@ def md(df: pd.DataFrame, index: bool = True) -> str:
     return "\n".join(lines)
 
 
+def fit_seeds(model, data, cfg: CHGConfig, args, label: str):
+    """CHG for ``args.seeds`` seeds, timed."""
+    t = time.perf_counter()
+    res = fit(
+        model, data, seeds=range(args.seeds), config=cfg, seeds_per_forward=args.per_forward, progress=False
+    )
+    print(f"CHG {label}: {args.seeds} seeds × {3 * cfg.n_updates} updates in {time.perf_counter() - t:.0f} s")
+    return res
+
+
 def induction(args) -> None:
     model = zoo.load("induction-2l")
     task = induction_task(512, seed=3)
@@ -42,16 +52,7 @@ def induction(args) -> None:
     if args.reuse and saved.exists():
         res = torch.load(saved, weights_only=False)
     else:
-        t = time.perf_counter()
-        res = fit(
-            model,
-            task,
-            seeds=range(args.seeds),
-            config=cfg,
-            seeds_per_forward=args.per_forward,
-            progress=False,
-        )
-        print(f"fit: {args.seeds} seeds × {3 * args.updates} updates in {time.perf_counter() - t:.0f} s")
+        res = fit_seeds(model, task, cfg, args, "induction-2l")
         torch.save(res, saved)
     scores = res.scores()
     scores.to_csv(args.out / "chg_induction_scores.csv", index=False)
@@ -115,16 +116,7 @@ def cma(args) -> None:
     for name in sorted(set(sig.task)):
         base = name.split("/")[0]
         data = aba_abb_task(256, seed=5) if base == "aba-abb" else function_task(base, "icl", n=256, seed=5)
-        t = time.perf_counter()
-        res = fit(
-            model,
-            data,
-            seeds=range(args.seeds),
-            config=cfg,
-            seeds_per_forward=args.per_forward,
-            progress=False,
-        )
-        print(f"CHG {name}: {args.seeds} seeds in {time.perf_counter() - t:.0f} s")
+        res = fit_seeds(model, data, cfg, args, name)
         a = res.aggregate("any")
         a["task"] = name
         fac.append(a)
