@@ -178,7 +178,9 @@ def save_vision_checkpoint(out: Path, spec: VisionSpec, model, meta: dict) -> No
     cfg = model.cfg
     g = torch.Generator().manual_seed(1234)
     probe = torch.randint(0, cfg.n_outputs, (4, 1 + cfg.n_patches), generator=g)
-    images, _ = spectrograms(4, 4321, SpectrogramConfig(size=cfg.image_size, channels=cfg.channels, **spec.data)).tensors()
+    images, _ = spectrograms(
+        4, 4321, SpectrogramConfig(size=cfg.image_size, channels=cfg.channels, **spec.data)
+    ).tensors()
     with torch.no_grad():
         plain = ReferenceViT(cfg, model.body_state(), model.patch_state())
         logits = plain.body(probe)
@@ -189,7 +191,14 @@ def save_vision_checkpoint(out: Path, spec: VisionSpec, model, meta: dict) -> No
     )
     (out / "config.json").write_text(
         json.dumps(
-            {"name": spec.name, "kind": "vision", "arch": cfg.arch().to_dict(), "vit": cfg.to_dict(), "data": spec.data, **meta},
+            {
+                "name": spec.name,
+                "kind": "vision",
+                "arch": cfg.arch().to_dict(),
+                "vit": cfg.to_dict(),
+                "data": spec.data,
+                **meta,
+            },
             indent=2,
         )
     )
@@ -231,24 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = SPECS[args.name]
     t0 = time.time()
     model, tok, loss = train_reference(spec, args.steps, args.seed)
-    seconds = time.time() - t0
-    meta = {
-        "training": {
-            "command": cmd.strip(),
-            "steps": args.steps or spec.steps,
-            "seed": spec.seed if args.seed is None else args.seed,
-            "batch_size": spec.batch_size,
-            "lr": spec.lr,
-            "schedule": spec.schedule,
-            "weight_decay": spec.weight_decay,
-            "mixture": spec.mixture,
-            "final_train_loss": round(loss, 4),
-            "seconds": round(seconds),
-            "torch": torch.__version__,
-        },
-        "description": spec.description,
-        "expected_circuit": spec.expected_circuit,
-    }
+    meta = _training_meta(spec, args, cmd, round(loss, 4), time.time() - t0, mixture=spec.mixture)
     out = args.out or ZOO_DIR / spec.name
     save_checkpoint(out, spec, model, tok, meta)
     from mechheads.zoo.cards import write_card
@@ -258,10 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _main_vision(spec: VisionSpec, args, cmd: str) -> int:
-    t0 = time.time()
-    model, loss = train_vision_reference(spec, args.steps, args.seed)
-    meta = {
+def _training_meta(spec, args, cmd: str, final_loss: float, seconds: float, **extra) -> dict:
+    """The ``training`` record saved with a zoo model (how to reproduce it, and what it cost)."""
+    return {
         "training": {
             "command": cmd.strip(),
             "steps": args.steps or spec.steps,
@@ -270,13 +261,20 @@ def _main_vision(spec: VisionSpec, args, cmd: str) -> int:
             "lr": spec.lr,
             "schedule": spec.schedule,
             "weight_decay": spec.weight_decay,
-            "final_train_loss": round(loss, 5),
-            "seconds": round(time.time() - t0),
+            **extra,
+            "final_train_loss": final_loss,
+            "seconds": round(seconds),
             "torch": torch.__version__,
         },
         "description": spec.description,
         "expected_circuit": spec.expected_circuit,
     }
+
+
+def _main_vision(spec: VisionSpec, args, cmd: str) -> int:
+    t0 = time.time()
+    model, loss = train_vision_reference(spec, args.steps, args.seed)
+    meta = _training_meta(spec, args, cmd, round(loss, 5), time.time() - t0)
     out = args.out or ZOO_DIR / spec.name
     save_vision_checkpoint(out, spec, model, meta)
     from mechheads.zoo.cards import write_vision_card
