@@ -159,6 +159,22 @@ def test_induction_prompt_repeats_the_sequence():
     assert len(first) == 3 + 5 + 2 + 1 and first[-1] == first[3] and segs[1][0].split() == first[4:8]
 
 
+def test_corrupted_pairs_align_and_remove_the_information(model):
+    clean, corrupt = gen.induction_pair(5, seq_len=6, seed=1)
+    assert clean.targets == corrupt.targets
+    for c, k in zip(clean.prompts, corrupt.prompts, strict=True):
+        cw, kw = c.split(), k.split()
+        assert len(cw) == len(kw) == 7 and kw[6] == cw[6] and not set(kw[:6]) & set(cw)
+    clean, corrupt = gen.ioi_pair(8, seed=3)
+    assert clean.targets == corrupt.targets and clean.alt_targets == corrupt.alt_targets
+    for c, k, io, s in zip(clean.prompts, corrupt.prompts, clean.meta.io, clean.meta.s, strict=True):
+        cw, kw = c.split(), k.split()
+        assert len(cw) == len(kw) and io not in kw and s not in kw
+        assert [w for w in cw if w not in (io, s)] == [w for w in kw if w in cw]
+    b_clean, b_corrupt = clean.batch(model), corrupt.batch(model)
+    assert b_clean.tokens.shape == b_corrupt.tokens.shape
+
+
 def test_generator_input_is_checked():
     with pytest.raises(MechheadsError, match=r"unknown function task 'synonym'; valid tasks: \['antonym'"):
         gen.function_task("synonym")

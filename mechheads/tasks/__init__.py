@@ -6,7 +6,9 @@ from mechheads.tasks.generators import (
     aba_abb_task,
     function_task,
     function_task_pair,
+    induction_pair,
     induction_task,
+    ioi_pair,
     ioi_task,
 )
 from mechheads.tasks.metrics import METRICS, accuracy, get_metric, logit_diff, mse, target_logprob, target_nll
@@ -21,7 +23,9 @@ __all__ = [
     "function_task",
     "function_task_pair",
     "get_metric",
+    "induction_pair",
     "induction_task",
+    "ioi_pair",
     "ioi_task",
     "logit_diff",
     "mse",

@@ -217,3 +217,35 @@ def induction_task(n: int = 50, *, seq_len: int = 20, seed: int = 0, vocab: list
     rng = random.Random(f"induction|{seq_len}|{seed}")
     pairs = [_pair(induction_segments(rng, seq_len, vocab)[0]) for _ in range(n)]
     return Task("induction", [p for p, _ in pairs], [t for _, t in pairs])
+
+
+# ----- clean / corrupted pairs (for activation and attribution patching) --------------------------
+def induction_pair(n: int = 40, *, seq_len: int = 12, seed: int = 0) -> tuple[Task, Task]:
+    """Repeated sequences and the same prompts with the first copy replaced by fresh words.
+
+    The corrupted prompt has the same number of words, so positions align one to one; its
+    targets are the clean ones (which the corrupted prompt no longer predicts by induction).
+    """
+    clean = induction_task(n, seq_len=seq_len, seed=seed)
+    rng = random.Random(f"induction-corrupt|{seq_len}|{seed}")
+    prompts = []
+    for p in clean.prompts:
+        w = p.split()
+        fresh = rng.sample([x for x in words.SYMBOL_WORDS if x not in w], seq_len)
+        prompts.append(" ".join(fresh + w[seq_len:]))
+    return clean, Task("induction-corrupted", prompts, clean.targets)
+
+
+def ioi_pair(n: int = 60, *, seed: int = 0) -> tuple[Task, Task]:
+    """IOI prompts and the same prompts with both names replaced by two other names.
+
+    Same length and structure (names are single words), so positions align; the corrupted
+    prompt carries no information about which clean name is the indirect object.
+    """
+    clean = ioi_task(n, seed=seed)
+    rng = random.Random(f"ioi-corrupt|{seed}")
+    prompts = []
+    for p, io, s in zip(clean.prompts, clean.meta.io, clean.meta.s, strict=True):
+        a, b = rng.sample([x for x in words.NAMES if x not in (io, s)], 2)
+        prompts.append(p.replace(io, "\0").replace(s, a).replace("\0", b))
+    return clean, Task("ioi-corrupted", prompts, clean.targets, alt_targets=clean.alt_targets)
