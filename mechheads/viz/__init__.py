@@ -1,0 +1,25 @@
+"""Visualisation: matplotlib figures of the analyses' tables and CircuitsVis attention widgets.
+
+* :mod:`mechheads.viz.core` — head labels and :func:`figure_to_html` (self-contained ``<img>`` /
+  ``<svg>`` for reports);
+* :mod:`mechheads.viz.figures` — L×H heat maps, ablation / pruning / faithfulness curves, CHG
+  scatter, gate trajectories, score ECDFs, AIE maps, ViT overlays, symbolic-head maps; each takes
+  what an analysis returned and gives back a :class:`matplotlib.figure.Figure`;
+* :mod:`mechheads.viz.circuits` — CircuitsVis attention patterns with the JavaScript inlined, so
+  they render offline in Jupyter and in saved HTML.
+
+Example:
+    >>> from mechheads import zoo
+    >>> from mechheads.viz import attention_patterns, head_heatmap
+    >>> model = zoo.load("induction-2l")
+    >>> attention_patterns(model, "a b c d a b c d", ["L0H2", "L1H0"])   # doctest: +SKIP
+"""
+
+from mechheads.viz.core import figure_to_html, head_label
+from mechheads.viz.figures import head_heatmap
+
+__all__ = [
+    "figure_to_html",
+    "head_heatmap",
+    "head_label",
+]
