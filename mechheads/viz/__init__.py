@@ -15,11 +15,38 @@ Example:
     >>> attention_patterns(model, "a b c d a b c d", ["L0H2", "L1H0"])   # doctest: +SKIP
 """
 
+from mechheads.viz.circuits import AttentionView, attention_html, attention_patterns, circuitsvis_script
 from mechheads.viz.core import figure_to_html, head_label
-from mechheads.viz.figures import head_heatmap
+from mechheads.viz.figures import (
+    ablation_curve,
+    aie_map,
+    chg_scatter,
+    faithfulness_curves,
+    gate_trajectories,
+    head_heatmap,
+    outline_heads,
+    pruning_curve,
+    score_ecdf,
+    symbolic_map,
+    vit_overlay,
+)
 
 __all__ = [
+    "AttentionView",
+    "ablation_curve",
+    "aie_map",
+    "attention_html",
+    "attention_patterns",
+    "chg_scatter",
+    "circuitsvis_script",
+    "faithfulness_curves",
     "figure_to_html",
+    "gate_trajectories",
     "head_heatmap",
     "head_label",
+    "outline_heads",
+    "pruning_curve",
+    "score_ecdf",
+    "symbolic_map",
+    "vit_overlay",
 ]
