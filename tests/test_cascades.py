@@ -1,0 +1,112 @@
+"""Head-to-head cascades: batched effects equal one forward per source head; the induction circuit."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY, perturbed_state
+from test_ablation import WORDS, tiny_batch
+
+from mechheads import ArchConfig, MechheadsError, build_model, zoo
+from mechheads.ablation import Ablation
+from mechheads.cascades import COLUMNS, head_effects, head_effects_naive
+from mechheads.tasks import induction_task
+from mechheads.tasks.core import tokenize_pairs
+from mechheads.tokenizer import WordTokenizer
+
+THREE = ArchConfig(n_layers=3, n_heads=3, d_model=24, d_head=8, d_vocab=40, n_ctx=16, d_mlp=32)
+
+
+def ragged_batch():
+    """Right-padded prompts of different lengths, so padding must be left out of the statistics."""
+    g = torch.Generator().manual_seed(11)
+    prompts = [
+        " ".join(WORDS[i] for i in torch.randint(0, 38, (n,), generator=g).tolist()) for n in (4, 7, 9)
+    ]
+    return tokenize_pairs(WordTokenizer(WORDS), prompts, [" w1", " w2 w3", " w4"], n_ctx=TINY.n_ctx)
+
+
+@pytest.fixture
+def three(backend):
+    return build_model(THREE, perturbed_state(THREE, seed=2), backend=backend)
+
+
+def test_batched_cascades_equal_one_forward_per_source(three):
+    batch = ragged_batch()
+    assert (batch.lengths < batch.tokens.shape[1]).any()  # really padded
+    for abl in (
+        Ablation.zero(),
+        Ablation.mean(three, tiny_batch(5, seed=1)),
+        Ablation.resample(three, batch=batch),
+    ):
+        for output in ("z", "out"):
+            fast = head_effects(three, batch, abl, output=output, max_rows=7, progress=False).table
+            slow = head_effects_naive(three, batch, abl, output=output)
+            assert list(fast.columns) == COLUMNS
+            assert (fast[COLUMNS[:4]].to_numpy() == slow[COLUMNS[:4]].to_numpy()).all()
+            diff = np.abs(fast[COLUMNS[4:]].to_numpy() - slow[COLUMNS[4:]].to_numpy()).max()
+            assert diff <= 1e-5, (abl.label, output, diff)
+    assert three.n_attached_hooks() == 0
+
+
+def test_cascade_rows_cover_exactly_the_later_heads(three):
+    res = head_effects(three, tiny_batch(3), sources=["L1H2", (0, 1)], progress=False)
+    pairs = set(
+        zip(res.table.src_layer, res.table.src_head, res.table.dst_layer, res.table.dst_head, strict=True)
+    )
+    want = {(0, 1, l, h) for l in (1, 2) for h in range(3)} | {(1, 2, 2, h) for h in range(3)}
+    assert pairs == want and len(res.table) == len(want)
+    s = res.summary()
+    assert set(zip(s.src_layer, s.dst_layer, strict=True)) == {(0, 1), (0, 2), (1, 2)}
+    one = res.table[(res.table.src_layer == 0) & (res.table.dst_layer == 2)]
+    row = s[(s.src_layer == 0) & (s.dst_layer == 2)].iloc[0]
+    assert row.output_change_mean == pytest.approx(one.output_change.mean())
+    assert row.pattern_change_max == pytest.approx(one.pattern_change.max()) and row.pairs == 3
+    m = res.matrix("pattern_change")
+    assert m.shape == (2, 6) and np.isnan(m.loc["L1H2", "L1H0"])
+    assert m.loc["L0H1", "L2H2"] == pytest.approx(
+        res.table.query(
+            "src_layer == 0 and src_head == 1 and dst_layer == 2 and dst_head == 2"
+        ).pattern_change.item()
+    )
+    b = res.backups(min_growth=-1.5)  # norm_change >= -1 always: every pair
+    assert len(b) == len(res.table) and b.norm_change.is_monotonic_decreasing
+
+
+def test_scaling_a_source_by_one_moves_nothing(three):
+    res = head_effects(three, tiny_batch(3), "scale", alpha=1.0, progress=False)
+    assert res.table[["output_change", "norm_change", "pattern_change"]].abs().to_numpy().max() < 1e-6
+    assert res.backups().empty
+
+
+def test_previous_token_head_moves_the_induction_heads_most(backend):
+    """induction-2l: ablating L0H2 (previous-token head) moves every layer-1 induction head's output
+    and attention pattern more than ablating any other layer-0 head."""
+    model = zoo.load("induction-2l", backend=backend)
+    res = head_effects(model, induction_task(16, seq_len=10, seed=5), "zero", progress=False)
+    for col in ("output_change", "pattern_change"):
+        m = res.matrix(col)
+        assert (m.idxmax(axis=0) == "L0H2").all(), (col, m)
+        per_source = m.mean(axis=1)
+        assert per_source.idxmax() == "L0H2"
+        # ... by a clear margin over the unused heads L0H1 and L0H3
+        assert per_source["L0H2"] > 3 * max(per_source["L0H1"], per_source["L0H3"])
+
+
+def test_cascade_bad_input(three, tiny):
+    batch = tiny_batch(3)
+    with pytest.raises(MechheadsError, match="no heads given"):
+        head_effects(three, batch, sources=[], progress=False)
+    with pytest.raises(MechheadsError, match="out of range|layer"):
+        head_effects(three, batch, sources=["L7H0"], progress=False)
+    with pytest.raises(MechheadsError, match="last layer"):
+        head_effects(three, batch, sources=["L2H0"], progress=False)
+    with pytest.raises(MechheadsError, match="output must be 'z' or 'out'"):
+        head_effects(three, batch, output="resid", progress=False)
+    with pytest.raises(MechheadsError, match="mean ablation needs reference data"):
+        head_effects(three, batch, "mean", progress=False)
+    with pytest.raises(MechheadsError, match="resample source has shape"):
+        head_effects(three, batch, Ablation.resample(three, tiny_batch(5).tokens), progress=False)
+    tiny._hook_names = frozenset(n for n in tiny.hook_names if not n.endswith("hook_pattern"))
+    with pytest.raises(MechheadsError, match="needs attention patterns"):
+        head_effects(tiny, batch, progress=False)
+    assert three.n_attached_hooks() == 0
