@@ -9,12 +9,21 @@ from matplotlib.figure import Figure
 
 from mechheads import MechheadsError
 from mechheads.viz import (
+    ablation_curve,
+    aie_map,
     attention_html,
     attention_patterns,
+    chg_scatter,
     circuitsvis_script,
+    faithfulness_curves,
     figure_to_html,
+    gate_trajectories,
     head_heatmap,
     head_label,
+    pruning_curve,
+    score_ecdf,
+    symbolic_map,
+    vit_overlay,
 )
 
 
@@ -267,3 +276,272 @@ def test_attention_widget_bad_input_is_a_clear_error(induction, prompt, heads, k
     with pytest.raises(MechheadsError, match=match):
         attention_patterns(induction, prompt, heads, **kwargs)
     assert induction.n_attached_hooks() == 0
+
+
+# ----- curves ------------------------------------------------------------------------------------
+def _cumulative(method="zero", scale=1.0):
+    heads = ["-", "L1H0", "L0H2", "L0H0"]
+    dmg = np.array([0.0, 0.5, 1.5, 2.0]) * scale
+    return pd.DataFrame(
+        dict(k=range(4), head=heads, value=1 + dmg, damage=dmg, rel_damage=dmg, method=method, metric="nll")
+    )
+
+
+def test_ablation_curve_draws_the_table_with_head_ticks():
+    df = _cumulative()
+    fig = ablation_curve(df, y="damage")
+    ax = fig.axes[0]
+    (line,) = [ln for ln in ax.lines if ln.get_marker() == "o"]
+    np.testing.assert_allclose(line.get_xdata(), df.k)
+    np.testing.assert_allclose(line.get_ydata(), df.damage)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "+L1H0", "+L0H2", "+L0H0"]
+    assert ax.get_ylabel() == "damage (nll)"
+
+
+def test_ablation_curve_one_line_per_method():
+    df = pd.concat([_cumulative("zero"), _cumulative("mean", 0.5)], ignore_index=True)
+    ax = ablation_curve(df, y="rel_damage").axes[0]
+    lines = [ln for ln in ax.lines if ln.get_marker() == "o"]
+    assert [ln.get_label() for ln in lines] == ["zero", "mean"]
+    np.testing.assert_allclose(lines[1].get_ydata(), _cumulative("mean", 0.5).rel_damage)
+    with pytest.raises(MechheadsError, match=r"no column\(s\) \['importance'\]"):
+        ablation_curve(df, y="importance")
+
+
+def _pruning(max_loss=None):
+    from mechheads.ablation_curves import PruningResult
+
+    table = pd.DataFrame(
+        dict(step=[1, 2, 3, 4], head=["L0H1", "L0H3", "L1H2", "L0H2"], value=[2.0, 2.02, 2.08, 4.0])
+    )
+    table["damage"] = table.value - 2.0
+    table["rel_damage"] = table.damage / 2.0
+    res = PruningResult(table, 2.0, 8)
+    return res
+
+
+def test_pruning_curve_starts_at_zero_and_marks_the_budget():
+    res = _pruning()
+    ax = pruning_curve(res, max_loss=0.02).axes[0]
+    curve = ax.lines[0]
+    np.testing.assert_allclose(curve.get_xdata(), [0, 1, 2, 3, 4])
+    np.testing.assert_allclose(curve.get_ydata(), [0, 0, 1, 4, 100])  # relative damage in %
+    hline, vline = ax.lines[1], ax.lines[2]
+    assert list(hline.get_ydata()) == [2.0, 2.0]  # ≤ 2 %
+    assert res.n_removable(0.02) == 2 and list(vline.get_xdata()) == [2, 2]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "iterative pruning",
+        "≤ 2% loss",
+        "2 heads removable",
+    ]
+    vals = pruning_curve(res, y="value").axes[0].lines
+    assert len(vals) == 1 and list(vals[0].get_ydata()) == [2.0, 2.0, 2.02, 2.08, 4.0]
+    with pytest.raises(MechheadsError, match="y must be"):
+        pruning_curve(res, y="importance")
+    with pytest.raises(MechheadsError, match="needs a PruningResult"):
+        pruning_curve(res.table)
+
+
+def test_faithfulness_curves_show_both_curves_with_their_areas():
+    from mechheads.ablation_curves import FaithfulnessResult
+
+    table = pd.DataFrame(dict(k=[0, 1, 2], comprehensiveness=[0.0, 1.0, 1.4], sufficiency=[0.0, 0.8, 1.0]))
+    fig = faithfulness_curves(FaithfulnessResult(table, 0.8, 0.6))
+    comp, suff = fig.axes
+    np.testing.assert_allclose(comp.lines[0].get_ydata(), table.comprehensiveness)
+    np.testing.assert_allclose(suff.lines[0].get_ydata(), table.sufficiency)
+    assert comp.get_legend().get_texts()[0].get_text() == "comprehensiveness (area 0.8)"
+    assert suff.get_legend().get_texts()[0].get_text() == "sufficiency (area 0.6)"
+    # a bare table: areas are the means
+    fig = faithfulness_curves(table)
+    assert fig.axes[1].get_legend().get_texts()[0].get_text() == "sufficiency (area 0.6)"
+    with pytest.raises(MechheadsError, match="sufficiency"):
+        faithfulness_curves(table.drop(columns="sufficiency"))
+
+
+# ----- CHG ---------------------------------------------------------------------------------------
+def _chg_result(n_updates=5):
+    """A CHGResult with known gates: 2 seeds, 2 layers x 3 heads."""
+    from mechheads.chg import CHGConfig, CHGResult, PhaseFit
+
+    g = torch.Generator().manual_seed(3)
+    phases = {}
+    for i, name in enumerate(("zero", "plus", "minus")):
+        traj_logits = torch.randn(n_updates, 2, 2, 3, generator=g) * 2 + i
+        phases[name] = PhaseFit(
+            name, 0.0, traj_logits[-1], torch.sigmoid(traj_logits), torch.zeros(n_updates, 2)
+        )
+    return CHGResult(2, 3, [7, 9], CHGConfig(n_updates=n_updates), phases)
+
+
+def test_chg_scatter_always_places_heads_at_max_gplus_min_gminus():
+    res = _chg_result()
+    fig = chg_scatter(res)
+    ax = fig.axes[0]
+    pts = np.concatenate([c.get_offsets() for c in ax.collections])
+    gp, gm = res.g_plus.double().numpy(), res.g_minus.double().numpy()
+    expected = np.stack([gp.max(0).ravel(), gm.min(0).ravel()], 1)  # layer-major, as the scatter groups
+    np.testing.assert_allclose(pts, expected, atol=1e-6)
+    agg = res.aggregate("always")
+    notable = agg[np.maximum(agg.facilitation, agg.interference) >= 0.5]
+    labels = {t.get_text() for t in ax.texts} - {"interfering", "facilitating", "irrelevant", "mixed"}
+    assert labels == {f"L{r.layer}H{r.head}" for r in notable.itertuples()}
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["L0", "L1"]
+    assert {ln.get_xdata()[0] for ln in ax.lines if ln.get_linestyle() == "--"} >= {0.5}
+
+
+def test_chg_scatter_per_seed_and_from_tables():
+    res = _chg_result()
+    ax = chg_scatter(res, how=None).axes[0]
+    assert sum(len(c.get_offsets()) for c in ax.collections) == 12
+    any_ax = chg_scatter(res.aggregate("any")).axes[0]
+    pts = np.concatenate([c.get_offsets() for c in any_ax.collections])
+    np.testing.assert_allclose(pts[:, 0], res.g_plus.double().numpy().min(0).ravel(), atol=1e-6)
+    ax = chg_scatter(res.scores(), label_heads=["L1H2"]).axes[0]
+    assert {t.get_text() for t in ax.texts if t.get_text().startswith("L")} == {"L1H2"}
+    with pytest.raises(MechheadsError, match="how must be"):
+        chg_scatter(res, how="all")
+    with pytest.raises(MechheadsError, match="CHGResult"):
+        chg_scatter([1, 2])
+
+
+def test_gate_trajectories_draw_each_heads_gates_per_phase():
+    res = _chg_result()
+    fig = gate_trajectories(res, seed=9)
+    assert len(fig.axes) == 3
+    traj = res.phases["plus"].trajectory[:, 1]  # seed 9 is the second
+    plus = fig.axes[1]
+    assert len(plus.lines) == 6
+    line = next(ln for ln in plus.lines if ln.get_label() == "L1H2")
+    np.testing.assert_allclose(line.get_ydata(), traj[:, 1, 2].double().numpy(), atol=1e-7)
+    sub = gate_trajectories(res, heads=["L0H1"], phases=["minus"])
+    assert len(sub.axes[0].lines) == 1 and "seed 7" in sub.axes[0].get_ylabel()
+    fig = Figure()
+    ax = fig.add_subplot()
+    assert gate_trajectories(res.trajectory(), phases=["zero"], ax=ax) is fig and len(ax.lines) == 6
+    with pytest.raises(MechheadsError, match="seed 3 not fitted"):
+        gate_trajectories(res, seed=3)
+    with pytest.raises(MechheadsError, match="unknown phases"):
+        gate_trajectories(res, phases=["plus", "final"])
+    with pytest.raises(MechheadsError, match="one phase"):
+        gate_trajectories(res, ax=ax)
+    with pytest.raises(MechheadsError, match="out of range"):
+        gate_trajectories(res, heads=["L0H5"])
+
+
+def test_score_ecdf_steps_end_at_one_and_match_the_result():
+    res = _chg_result()
+    ax = score_ecdf(res).axes[0]
+    steps = {
+        ln.get_label(): ln
+        for ln in ax.lines
+        if ln.get_label() in ("facilitation", "interference", "irrelevance")
+    }
+    assert set(steps) == {"facilitation", "interference", "irrelevance"}
+    e = res.ecdf()
+    fac = e[e.score == "facilitation"]
+    np.testing.assert_allclose(steps["facilitation"].get_xdata()[1:], fac.value)
+    assert steps["interference"].get_ydata()[-1] == 1.0
+    from_table = score_ecdf(res.scores()).axes[0]
+    assert len([ln for ln in from_table.lines if ln.get_label() == "irrelevance"]) == 1
+    with pytest.raises(MechheadsError, match="score columns"):
+        score_ecdf(pd.DataFrame(dict(a=[1])))
+
+
+# ----- AIE, symbolic ----------------------------------------------------------------------------
+def test_aie_map_is_the_aie_heatmap_with_top_heads_outlined():
+    from mechheads.function_vectors import AIEResult
+
+    table = pd.DataFrame(
+        dict(layer=[0, 0, 1, 1], head=[0, 1, 0, 1], aie=[0.01, 0.2, -0.05, 0.1], sem=0.01, n_trials=5)
+    )
+    res = AIEResult("antonym", table, np.zeros((4, 5)), pd.DataFrame(), torch.zeros(2, 2, 3), 0.1, 0.9)
+    fig = aie_map(res, top=2)
+    ax = fig.axes[0]
+    np.testing.assert_allclose(np.asarray(ax.images[0].get_array()), res.to_array())
+    assert ax.get_title() == "AIE: antonym"
+    boxes = sorted((p.get_y() + 0.5, p.get_x() + 0.5) for p in ax.patches)
+    assert boxes == [(0.0, 1.0), (1.0, 1.0)]  # L0H1 and L1H1, the two largest
+    lo, hi = ax.images[0].get_clim()
+    assert lo == pytest.approx(-0.2) and hi == pytest.approx(0.2)
+
+
+def test_symbolic_map_one_panel_per_kind_significant_outlined():
+    rows = []
+    for i, kind in enumerate(("abstraction", "induction", "retrieval")):
+        for layer in range(2):
+            for h in range(3):
+                rows.append(
+                    dict(
+                        kind=kind,
+                        layer=layer,
+                        head=h,
+                        score=i + layer - h / 3,
+                        significant=(layer, h) == (1, i),
+                    )
+                )
+    df = pd.DataFrame(rows)
+    fig = symbolic_map(df)
+    heat = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_title() for ax in heat] == ["abstraction", "induction", "retrieval"]
+    for i, ax in enumerate(heat):
+        sub = df[df.kind == ax.get_title()]
+        np.testing.assert_allclose(np.asarray(ax.images[0].get_array()), sub.score.to_numpy().reshape(2, 3))
+        assert [(p.get_y() + 0.5, p.get_x() + 0.5) for p in ax.patches] == [(1.0, float(i))]
+    assert len(symbolic_map(df, kinds=["induction"]).axes) == 2  # one heat map + its colour bar
+    with pytest.raises(MechheadsError, match="unknown kinds"):
+        symbolic_map(df, kinds=["copying"])
+
+
+# ----- vision ------------------------------------------------------------------------------------
+def test_vit_overlay_panels_are_the_vision_overlays():
+    from mechheads.vision import overlay, spectrograms
+
+    data = spectrograms(2, seed=4)
+    maps = np.random.default_rng(0).random((2, 2, 3, 8, 8)).astype(np.float32)
+    pct = np.arange(6.0).reshape(2, 3) - 2
+    labels = pd.DataFrame(dict(layer=[0, 1], head=[1, 2], label=["text detector", "chirp-monosemantic"]))
+    fig = vit_overlay(data, maps, index=1, ablation=pct, labels=labels, title="vit")
+    panels = [ax for ax in fig.axes if ax.images]
+    assert len(panels) == 1 + 6
+    np.testing.assert_allclose(panels[0].images[0].get_array(), data.images[1].transpose(1, 2, 0))
+    l1h2 = next(ax for ax in panels if ax.get_title().startswith("L1H2"))
+    assert l1h2.get_title() == "L1H2 +3.0 %\nchirp-monosemantic"
+    np.testing.assert_allclose(
+        l1h2.images[0].get_array(), np.clip(overlay(data.images[1], maps[1, 1, 2]), 0, 1), atol=1e-6
+    )
+    one = vit_overlay(data.images[0], maps[0], heads=["L0H0", "L1H1"], show_image=False)
+    assert [ax.get_title() for ax in one.axes] == ["L0H0", "L1H1"]
+    with pytest.raises(MechheadsError, match="shape"):
+        vit_overlay(data.images[0], maps[0], ablation=np.zeros((3, 3)))
+    with pytest.raises(MechheadsError, match="maps must be"):
+        vit_overlay(data.images[0], maps[0, 0])
+    with pytest.raises(MechheadsError, match="out of range"):
+        vit_overlay(data, maps, index=5)
+
+
+def test_vit_overlay_from_the_vision_analyses():
+    from mechheads import zoo
+    from mechheads.vision import ablation_heatmap, attention_maps, spectrograms
+
+    vit = zoo.load_vision("vit-chirp")
+    data = spectrograms(3, seed=1000)
+    maps = attention_maps(vit, data)
+    heat = ablation_heatmap(vit, data, progress=False)
+    fig = vit_overlay(data, maps, ablation=heat)
+    L, H = vit.config.n_layers, vit.config.n_heads
+    panels = [ax for ax in fig.axes if ax.images]
+    assert len(panels) == 1 + L * H
+    want = heat.to_array("pct_increase")[0, 1]
+    assert panels[2].get_title() == f"L0H1 {want:+.1f} %"
+    assert head_heatmap(heat, "pct_increase").axes[0].images[0].get_array()[0, 1] == pytest.approx(want)
+
+
+def test_figures_never_touch_pyplot_state():
+    import matplotlib.pyplot as plt
+
+    before = plt.get_fignums()
+    head_heatmap(np.eye(3))
+    chg_scatter(_chg_result())
+    pruning_curve(_pruning())
+    assert plt.get_fignums() == before
