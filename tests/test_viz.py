@@ -545,3 +545,12 @@ def test_figures_never_touch_pyplot_state():
     chg_scatter(_chg_result())
     pruning_curve(_pruning())
     assert plt.get_fignums() == before
+
+
+def test_new_figures_show_themselves_in_jupyter_without_pyplot():
+    fig = head_heatmap(np.eye(2))
+    png = fig._repr_png_()  # IPython's PNG formatter calls this when the inline backend never loaded
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    own = Figure()
+    ax = own.add_subplot()
+    assert head_heatmap(np.eye(2), ax=ax) is own  # a caller's figure is returned as it is

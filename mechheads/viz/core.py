@@ -1,8 +1,10 @@
 """Shared pieces of the figures: head labels, tidy-table pivots, self-contained HTML embedding.
 
 Figures are built on :class:`matplotlib.figure.Figure` directly, never through ``pyplot``: no
-global figure registry, no interactive backend, nothing for a caller to close, and a returned
-figure shows exactly once in Jupyter (the inline backend's formatter draws it).
+global figure registry, no backend chosen or switched, nothing for a caller to close. Without
+pyplot, Jupyter's inline backend may never load, so new figures are a :class:`VizFigure`, a
+``Figure`` that also renders itself as a PNG for IPython: a returned figure shows exactly once,
+whether or not the notebook imported pyplot.
 
 Example:
     >>> import numpy as np
@@ -41,19 +43,29 @@ def head_label(layer: int, head: int) -> str:
     return f"L{int(layer)}H{int(head)}"
 
 
+class VizFigure(Figure):
+    """A matplotlib :class:`~matplotlib.figure.Figure` that displays itself in Jupyter as a PNG
+    (``_repr_png_``) even where pyplot, and with it the inline backend, was never imported."""
+
+    def _repr_png_(self) -> bytes:
+        buf = io.BytesIO()
+        self.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+        return buf.getvalue()
+
+
 def new_axes(ax: Axes | None, figsize: tuple[float, float] = (5.0, 4.0), **subplot_kw) -> tuple[Figure, Axes]:
     """``(figure, axes)``: ``ax`` and its figure when given, else a fresh pyplot-free figure."""
     if ax is not None:
         if not isinstance(ax, Axes):
             raise MechheadsError(f"ax must be a matplotlib Axes, got {type(ax).__name__}")
         return ax.figure, ax
-    fig = Figure(figsize=figsize, layout="constrained")
+    fig = VizFigure(figsize=figsize, layout="constrained")
     return fig, fig.add_subplot(**subplot_kw)
 
 
 def new_figure(figsize: tuple[float, float]) -> Figure:
     """A fresh pyplot-free figure with constrained layout."""
-    return Figure(figsize=figsize, layout="constrained")
+    return VizFigure(figsize=figsize, layout="constrained")
 
 
 def check_columns(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
