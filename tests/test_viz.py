@@ -219,6 +219,8 @@ def test_each_call_is_one_widget_with_its_own_id(induction):
     a, b = attention_html(induction, PROMPT, "L0H0"), attention_html(induction, PROMPT, "L0H0")
     ids = re.findall(r'<div id="(circuits-vis-[^"]+)"', a + b)
     assert len(ids) == 2 and ids[0] != ids[1]
+    # the mount point is closed: '<div/>' is an open tag in HTML, and the next widget would nest in it
+    assert re.match(r'<div id="circuits-vis-[^"]+" style="[^"]*"></div>', a)
 
 
 def test_shared_bundle_mode_leaves_the_bundle_out(induction):
@@ -554,3 +556,51 @@ def test_new_figures_show_themselves_in_jupyter_without_pyplot():
     own = Figure()
     ax = own.add_subplot()
     assert head_heatmap(np.eye(2), ax=ax) is own  # a caller's figure is returned as it is
+
+
+@pytest.mark.browser
+def test_several_widgets_on_one_page_all_mount_in_headless_chromium(tmp_path):
+    import shutil
+    import subprocess
+
+    from mechheads import zoo
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("needs Debian's chromium (apt-get install chromium)")
+    model = zoo.load("induction-2l")
+    widgets = [
+        attention_html(model, PROMPT, "L0H2", kind="pattern"),  # bundle inlined in a module script
+        circuitsvis_script(),
+        attention_html(model, PROMPT, ["L1H0", "L1H1"], inline_js=False),  # bundle shared
+        attention_html(model, PROMPT, "L0H0", inline_js=False, kind="pattern"),
+    ]
+    page = tmp_path / "widgets.html"
+    page.write_text(
+        "<!DOCTYPE html><html><head><meta charset='utf-8'></head><body>" + "".join(widgets) + "</body></html>"
+    )
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--no-first-run",
+    ]
+    dom = subprocess.run(
+        [
+            chromium,
+            *flags,
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=8000",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    ids = re.findall(r'<div id="(circuits-vis-[^"]+)"', "".join(widgets))
+    assert len(ids) == 3
+    for i in ids:  # React mounted a tree into every container (an empty one reads '...></div>')
+        assert re.search(rf'<div id="{i}"[^>]*><div', dom), f"widget {i} did not mount"
+    assert dom.count("<canvas") >= 4

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import html as html_lib
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -36,6 +37,7 @@ from mechheads.model import HeadModel, hook_pattern
 Kind = Literal["heads", "pattern"]
 _ELEMENTS = {"heads": "AttentionHeads", "pattern": "AttentionPattern"}
 _RENDER_CALL = "CircuitsVis.render("
+_SELF_CLOSING_DIV = re.compile(r'(<div id="circuits-vis-[^"]*"[^>]*?)\s*/>')
 
 
 @functools.cache
@@ -84,6 +86,12 @@ def _local_html(rendered, inline_js: bool) -> str:
     if call < 0 or end < call:
         raise MechheadsError("unexpected CircuitsVis HTML: no CircuitsVis.render(...) call")
     tail = tail[:call] + _escape_props(tail[call:end]) + tail[end:]
+    # CircuitsVis writes its mount point as '<div .../>', which HTML parses as an open <div>: the
+    # rest of the page (the next widget included) would nest inside it and be wiped when React
+    # mounts. Close it explicitly.
+    head, n = _SELF_CLOSING_DIV.subn(r"\1></div>", head, count=1)
+    if n != 1:
+        raise MechheadsError('unexpected CircuitsVis HTML: no <div id="circuits-vis-..."/> mount point')
     return head + (bundle if inline_js else "") + tail
 
 
