@@ -601,6 +601,11 @@ def compare_pruning(
         )  # fmt: skip
     elif not isinstance(learned, LearnedPruningResult):
         raise MechheadsError(f"learned must be a LearnedPruningResult, got {type(learned).__name__}")
+    elif learned.models is not None:
+        raise MechheadsError(
+            "learned comes from train_model=True: its head sets belong to retrained copies, not to this "
+            "model; compare_pruning compares head sets of one fixed model, so pass a frozen-mode result"
+        )
     L, H = model.cfg.n_layers, model.cfg.n_heads
     if tuple(learned.log_alpha.shape[1:]) != (L, H):
         raise MechheadsError(

@@ -231,6 +231,8 @@ def test_train_model_trains_copies_and_never_the_users_model(backend):
         for a, b in zip(res.models[0].parameters(), model.parameters(), strict=True)
     )
     assert set(res.table["mode"]) == {"joint"}
+    with pytest.raises(MechheadsError, match="train_model=True"):
+        compare_pruning(model, tiny_batch(), learned=res, progress=False)
     # the reported value is the trained copy's, with its pruned heads ablated
     mask = ~res.masks[1:2]
     naive = evaluate_masks_naive(res.models[1], tiny_batch(), mask, Ablation.zero(), "nll")
