@@ -604,3 +604,17 @@ def test_several_widgets_on_one_page_all_mount_in_headless_chromium(tmp_path):
     for i in ids:  # React mounted a tree into every container (an empty one reads '...></div>')
         assert re.search(rf'<div id="{i}"[^>]*><div', dom), f"widget {i} did not mount"
     assert dom.count("<canvas") >= 4
+
+
+def test_heatmap_position_selects_the_rows_of_one_position():
+    df = pd.DataFrame(
+        dict(layer=[0, 0, 0, 0], head=[0, 0, 1, 1], position=[0, 1, 0, 1], delta=[1.0, 3.0, 5.0, 7.0])
+    )
+    np.testing.assert_allclose(
+        np.asarray(head_heatmap(df, "delta").axes[0].images[0].get_array()), [[2.0, 6.0]]
+    )
+    np.testing.assert_allclose(
+        np.asarray(head_heatmap(df, "delta", position=1).axes[0].images[0].get_array()), [[3.0, 7.0]]
+    )
+    with pytest.raises(MechheadsError, match="no rows at position 4"):
+        head_heatmap(df, "delta", position=4)

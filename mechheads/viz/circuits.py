@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from jaxtyping import Float, Int
 
 from mechheads.errors import MechheadsError
 from mechheads.heads import Head, HeadsLike, all_heads, parse_heads
@@ -108,7 +109,14 @@ class AttentionView:
         kind: ``"heads"`` (one thumbnail per head, click to enlarge) or ``"pattern"`` (one head).
     """
 
-    def __init__(self, html: str, tokens: list[str], heads: list[Head], patterns: torch.Tensor, kind: str):
+    def __init__(
+        self,
+        html: str,
+        tokens: list[str],
+        heads: list[Head],
+        patterns: Float[torch.Tensor, "head query key"],
+        kind: str,
+    ):
         self.html = html
         self.tokens = tokens
         self.heads = heads
@@ -129,7 +137,7 @@ class AttentionView:
         return f"AttentionView(kind={self.kind!r}, heads=[{names}], tokens={len(self.tokens)})"
 
 
-def _prompt_tokens(model: HeadModel, prompt, max_tokens: int | None) -> torch.Tensor:
+def _prompt_tokens(model: HeadModel, prompt, max_tokens: int | None) -> Int[torch.Tensor, " pos"]:
     if isinstance(prompt, str):
         tokens = model.to_tokens(prompt)[0]
     elif isinstance(prompt, torch.Tensor):
@@ -153,7 +161,9 @@ def _prompt_tokens(model: HeadModel, prompt, max_tokens: int | None) -> torch.Te
     return tokens.long()
 
 
-def _patterns(model: HeadModel, tokens: torch.Tensor, heads: list[Head]) -> torch.Tensor:
+def _patterns(
+    model: HeadModel, tokens: Int[torch.Tensor, " pos"], heads: list[Head]
+) -> Float[torch.Tensor, "head query key"]:
     layers = sorted({h.layer for h in heads})
     names = [hook_pattern(layer) for layer in layers]
     with torch.no_grad():

@@ -92,6 +92,7 @@ def head_heatmap(
     n_layers: int | None = None,
     n_heads: int | None = None,
     colorbar: bool = True,
+    position: int | None = None,
 ) -> Figure:
     """An L×H heat map of one per-head score: layers as rows, heads as columns.
 
@@ -112,6 +113,7 @@ def head_heatmap(
         fmt: Format spec of the annotations (default: by magnitude).
         n_layers, n_heads: Grid size for tables that do not reach the last layer or head.
         colorbar: Draw a colour bar.
+        position: Only the rows of this ``position`` (per-position sweeps; ``-1`` = whole head).
 
     Returns:
         The figure; ``fig.axes[0].images[0]`` holds the [layer, head] values.
@@ -123,6 +125,13 @@ def head_heatmap(
     if isinstance(data, pd.DataFrame) or hasattr(data, "table"):
         df = as_table(data, "head_heatmap")
         check_columns(df, HEAD_COLUMNS, "head_heatmap")
+        if position is not None:
+            check_columns(df, ["position"], "head_heatmap(position=...)")
+            if not (df["position"] == position).any():
+                raise MechheadsError(
+                    f"head_heatmap: no rows at position {position}; positions: {sorted(df['position'].unique())[:12]}"
+                )
+            df = df[df["position"] == position]
         value = _pick_value(df) if value is None else value
         arr = pivot_heads(df, value, n_layers=n_layers, n_heads=n_heads, what="head_heatmap")
     else:
