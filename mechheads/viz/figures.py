@@ -6,9 +6,10 @@ recomputes anything) and returns a :class:`matplotlib.figure.Figure`; where one 
 also accepts ``ax=`` to draw into an existing Axes (then that Axes' figure is returned).
 
 Figures follow the papers the analyses come from: L×H heat maps with diverging colours centred at
-0 (ablation sweeps, attribution, AIE maps as in Todd et al. 2024, Fig. 2), the CHG G+ vs G−
-scatter, gate trajectories and score ECDFs of Nam et al. 2025 (Figs. 1b, 3a), comprehensiveness and
-sufficiency curves (DeYoung et al. 2020), and attention overlays on spectrograms (Bahador 2025).
+0 (ablation sweeps, attribution, AIE maps as in Todd et al. 2024), the CHG G+ vs G−
+scatter, gate trajectories and score ECDFs of Nam et al. 2025, "Causal Head Gating" (Figs. 1b, 3a),
+comprehensiveness and sufficiency curves (Jacovi & Goldberg 2020, as in the head-intervention
+review), and attention overlays on spectrograms (Bahador 2025).
 
 Example:
     >>> from mechheads import zoo
@@ -195,7 +196,7 @@ def outline_heads(ax: Axes, heads, *, color: str = "black", linewidth: float = 2
 
 
 def aie_map(result, value: str = "aie", *, top: int = 0, ax: Axes | None = None, **kwargs) -> Figure:
-    """The average indirect effect of every head (Todd et al. 2024, Fig. 2) as an L×H heat map.
+    """The average indirect effect of every head (Todd et al. 2024) as an L×H heat map.
 
     Args:
         result: A :class:`mechheads.function_vectors.AIEResult` (or its ``table``).
@@ -697,7 +698,7 @@ def vit_overlay(
     show_image: bool = True,
     title: str | None = None,
 ) -> Figure:
-    """Attention maps of ViT heads overlaid on a spectrogram (Bahador 2025, Figs. 2–3), one panel
+    """Attention maps of ViT heads overlaid on a spectrogram (Bahador 2025), one panel
     per head (rows = layers, columns = heads), optionally with each head's ablation effect and
     specialisation label in its panel title.
 
