@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from mechheads.ablation import Ablation, Method, _metric_values, _orientation, as_batch, sweep_heads
 from mechheads.errors import MechheadsError
 from mechheads.hooks import gate_heads
-from mechheads.model import HeadModel, hook_pattern, hook_z
+from mechheads.model import HeadModel, hook_pattern, hook_resid_pre, hook_z
 from mechheads.tasks.core import Task, TokenBatch
 from mechheads.tasks.metrics import Metric, get_metric
 
@@ -104,7 +104,7 @@ def _path_hook(pinned, eps: torch.Tensor):
     def hook(z, hook):
         if pinned is not None:
             z = torch.where(pinned[0], pinned[1].to(z.dtype), z)
-        return z + eps.to(z.dtype)
+        return z if eps is None else z + eps.to(z.dtype)
 
     return hook
 
@@ -117,6 +117,7 @@ def attribution_patching(
     metric: str | Metric = "logit_diff",
     batch: TokenBatch | None = None,
     steps: int = 1,
+    path: Literal["layer", "input"] = "layer",
     max_rows: int = 512,
     progress: bool = False,
 ) -> pd.DataFrame:
@@ -133,13 +134,19 @@ def attribution_patching(
     gradient is taken on a zero perturbation added to ``z``, so nothing downstream is detached).
     One corrupted forward and one backward.
 
-    ``steps = n > 1`` integrates the gradient along the patching path, the integrated-gradients
-    idea (Sundararajan et al. 2017) applied to activation patching: for each layer l, the run in
+    ``steps = n > 1`` integrates the gradient along a patching path, the integrated-gradients
+    idea (Sundararajan et al. 2017) applied to activation patching. ``path="layer"`` (default):
+    for each layer l, the run in
     which layer l's ``z`` (all heads) is set to ``z_corr + α (z_clean − z_corr)`` and everything
     after it runs normally, at α = 0, 1/n, …, (n−1)/n (left Riemann sum, so ``steps=1`` is the
     classic estimate); a head's estimate is ``(z_clean − z_corr) · mean_α ∂metric/∂z``. The
     α = 0 runs of all layers are the same corrupted run and share one copy; the others are
     batched as copies of the batch (``max_rows`` rows per forward).
+
+    ``path="input"`` integrates along the input instead (as EAP-IG does, Hanna et al. 2024): the
+    embeddings (``blocks.0.hook_resid_pre``) move from the corrupted to the clean prompt's,
+    every activation follows, and each head's gradient is averaged over the same α points; one
+    copy per α for all layers together. Both paths give the classic estimate at ``steps=1``.
 
     Columns: layer, head, estimate (metric change, patched − corrupted) and importance (|estimate|).
 
@@ -159,39 +166,52 @@ def attribution_patching(
     if batch is None:
         batch = as_batch(model, corrupted if not isinstance(corrupted, torch.Tensor) else clean)
     fn = get_metric(metric)
+    if path not in ("layer", "input"):
+        raise MechheadsError(f"path must be 'layer' or 'input', got {path!r}")
     L, B = model.cfg.n_layers, corrupt_tokens.shape[0]
     names = [hook_z(layer) for layer in range(L)]
+    embed = hook_resid_pre(0)
     with torch.no_grad():
-        _, clean_cache = model.run_with_cache(clean_tokens, names)
-        _, corrupt_cache = model.run_with_cache(corrupt_tokens, names)
+        _, clean_cache = model.run_with_cache(clean_tokens, [*names, embed])
+        _, corrupt_cache = model.run_with_cache(corrupt_tokens, [*names, embed])
     delta = [clean_cache[n] - corrupt_cache[n] for n in names]  # [B, T, H, dh] per layer
-    # copies: (layer, α); layer -1 = the shared α = 0 run, read for every layer
-    copies = [(-1, 0.0)] + [(layer, i / steps) for layer in range(L) for i in range(1, steps)]
+    # copies: (pinned activation, α); pinned = a layer, "input" (the embeddings) or None (the
+    # corrupted run itself). A copy pinned at layer l yields layer l's gradient, the others every layer's.
+    if path == "layer":
+        copies = [(None, 0.0)] + [(layer, i / steps) for layer in range(L) for i in range(1, steps)]
+    else:
+        copies = [(None, 0.0)] + [("input", i / steps) for i in range(1, steps)]
     per_chunk = max(1, max_rows // B)
     chunks = [copies[i : i + per_chunk] for i in range(0, len(copies), per_chunk)]
     est = torch.zeros(L, model.cfg.n_heads, dtype=torch.float64, device=model.device)
     for chunk in tqdm(chunks, desc="attribution patching", disable=not progress, leave=False):
         k = len(chunk)
+        alpha = torch.tensor([a for _, a in chunk], device=model.device).repeat_interleave(B)
+
+        def pin(where, name, diff, k=k, chunk=chunk, alpha=alpha):
+            """(row mask, interpolant) for the copies pinned at ``where``, or None."""
+            on = torch.tensor([src == where for src, _ in chunk], device=model.device)
+            if not bool(on.any()):
+                return None
+            shape = (k, *[1] * (diff.ndim - 1))
+            a = alpha.view(-1, *[1] * (diff.ndim - 1))
+            rows = on.repeat_interleave(B).view(-1, *[1] * (diff.ndim - 1))
+            return rows, corrupt_cache[name].repeat(*shape) + a * diff.repeat(*shape)
+
         eps = [torch.zeros((k * B, *d.shape[1:]), device=d.device, requires_grad=True) for d in delta]
-        hooks = []
-        for layer, name in enumerate(names):
-            on = torch.tensor([src == layer for src, _ in chunk], device=model.device)
-            pinned = None  # copies that run the path through this layer: z pinned to the interpolant
-            if bool(on.any()):
-                alpha = torch.tensor([a for _, a in chunk], device=model.device).repeat_interleave(B)
-                pinned = (
-                    on.repeat_interleave(B)[:, None, None, None],
-                    corrupt_cache[name].repeat(k, 1, 1, 1)
-                    + alpha[:, None, None, None] * delta[layer].repeat(k, 1, 1, 1),
-                )
-            hooks.append((name, _path_hook(pinned, eps[layer])))
+        hooks = [
+            (name, _path_hook(pin(layer, name, delta[layer]), eps[layer])) for layer, name in enumerate(names)
+        ]
+        pinned_input = pin("input", embed, clean_cache[embed] - corrupt_cache[embed])
+        if pinned_input is not None:
+            hooks.append((embed, _path_hook(pinned_input, None)))
         with model.hooks(hooks):
             vals = _metric_values(fn, model(corrupt_tokens.repeat(k, 1)), batch, k)
         if not torch.isfinite(vals.detach()).all():
             raise MechheadsError(f"attribution_patching: the metric is not finite ({vals.detach().tolist()})")
         grads = torch.autograd.grad(vals.sum(), eps)
         for c, (src, _) in enumerate(chunk):
-            for layer in range(L) if src == -1 else [src]:
+            for layer in [src] if isinstance(src, int) else range(L):
                 g = grads[layer][c * B : (c + 1) * B]
                 est[layer] += (delta[layer] * g).sum((0, 1, 3)).double() / steps
     # The metric is a batch mean, so its gradient already carries 1/B: the summed terms are the

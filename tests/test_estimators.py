@@ -124,20 +124,35 @@ def _classic_atp(model, clean, corrupt, metric):
     return torch.stack([((cc[n] - kc[n]) * g).sum((0, 1, 3)) for n, g in zip(names, grads, strict=True)])
 
 
-def _path_atp_loop(model, clean, corrupt, metric, steps):
-    """Reference for steps > 1: one forward per (layer, α), that layer's z pinned to the interpolant."""
+def _path_atp_loop(model, clean, corrupt, metric, steps, path):
+    """Reference for steps > 1: one forward per path point — per (layer, α) with that layer's z
+    pinned to the interpolant, or per α with the embeddings interpolated and every layer read."""
     names = [hook_z(layer) for layer in range(model.cfg.n_layers)]
+    emb = "blocks.0.hook_resid_pre"
     with torch.no_grad():
-        _, cc = model.run_with_cache(clean.tokens, names)
-        _, kc = model.run_with_cache(corrupt.tokens, names)
+        _, cc = model.run_with_cache(clean.tokens, [*names, emb])
+        _, kc = model.run_with_cache(corrupt.tokens, [*names, emb])
     est = torch.zeros(model.cfg.n_layers, model.cfg.n_heads, dtype=torch.float64)
-    for layer, n in enumerate(names):
-        for i in range(steps):
-            leaf = (kc[n] + i / steps * (cc[n] - kc[n])).clone().requires_grad_(True)
-            with model.hooks([(n, lambda z, hook, leaf=leaf: leaf)]):
+    for i in range(steps):
+        a = i / steps
+        if path == "layer":
+            for layer, n in enumerate(names):
+                leaf = (kc[n] + a * (cc[n] - kc[n])).clone().requires_grad_(True)
+                with model.hooks([(n, lambda z, hook, leaf=leaf: leaf)]):
+                    v = get_metric(metric)(model(corrupt.tokens), corrupt)
+                (g,) = torch.autograd.grad(v, leaf)
+                est[layer] += ((cc[n] - kc[n]) * g).sum((0, 1, 3)).double() / steps
+        else:
+            x = kc[emb] + a * (cc[emb] - kc[emb])
+            eps = [torch.zeros_like(kc[n], requires_grad=True) for n in names]
+            hooks = [(emb, lambda r, hook, x=x: x)] + [
+                (n, lambda z, hook, e=e: z + e) for n, e in zip(names, eps, strict=True)
+            ]
+            with model.hooks(hooks):
                 v = get_metric(metric)(model(corrupt.tokens), corrupt)
-            (g,) = torch.autograd.grad(v, leaf)
-            est[layer] += ((cc[n] - kc[n]) * g).sum((0, 1, 3)).double() / steps
+            grads = torch.autograd.grad(v, eps)
+            for layer, (n, g) in enumerate(zip(names, grads, strict=True)):
+                est[layer] += ((cc[n] - kc[n]) * g).sum((0, 1, 3)).double() / steps
     return est
 
 
@@ -146,10 +161,17 @@ def test_attribution_patching_steps_1_is_classic_and_steps_n_equals_a_loop(tiny)
     one = attribution_patching(tiny, clean, corrupt, metric="logit_diff", steps=1)
     want = _classic_atp(tiny, clean, corrupt, "logit_diff").flatten().double().numpy()
     assert np.abs(one.estimate.to_numpy() - want).max() <= 1e-5
-    for steps in (2, 3):
-        fast = attribution_patching(tiny, clean, corrupt, metric="logit_diff", steps=steps, max_rows=8)
-        slow = _path_atp_loop(tiny, clean, corrupt, "logit_diff", steps).flatten().numpy()
-        assert np.abs(fast.estimate.to_numpy() - slow).max() <= 1e-5
+    for path in ("layer", "input"):
+        one = attribution_patching(tiny, clean, corrupt, metric="logit_diff", steps=1, path=path)
+        assert np.abs(one.estimate.to_numpy() - want).max() <= 1e-5
+        for steps in (2, 3):
+            fast = attribution_patching(
+                tiny, clean, corrupt, metric="logit_diff", steps=steps, path=path, max_rows=8
+            )
+            slow = _path_atp_loop(tiny, clean, corrupt, "logit_diff", steps, path).flatten().numpy()
+            assert np.abs(fast.estimate.to_numpy() - slow).max() <= 1e-5, (path, steps)
+    with pytest.raises(MechheadsError, match="path must be 'layer' or 'input'"):
+        attribution_patching(tiny, clean, corrupt, path="edges")
     with pytest.raises(MechheadsError, match="steps must be an integer >= 1"):
         attribution_patching(tiny, clean, corrupt, steps=0)
     assert tiny.n_attached_hooks() == 0
