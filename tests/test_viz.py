@@ -618,3 +618,16 @@ def test_heatmap_position_selects_the_rows_of_one_position():
     )
     with pytest.raises(MechheadsError, match="no rows at position 4"):
         head_heatmap(df, "delta", position=4)
+
+
+def test_chg_role_map_is_red_interference_green_facilitation():
+    from mechheads.viz import chg_role_map
+
+    res = _chg_result()
+    ax = chg_role_map(res, how="any").axes[0]
+    rgb = np.asarray(ax.images[0].get_array())
+    np.testing.assert_allclose(rgb[..., 0], res.to_array("interference", "any"))
+    np.testing.assert_allclose(rgb[..., 1], res.to_array("facilitation", "any"))
+    assert (rgb[..., 2] == 0).all() and len(ax.texts) == 6
+    with pytest.raises(MechheadsError, match="how must be"):
+        chg_role_map(res, how="mean")

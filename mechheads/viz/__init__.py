@@ -20,6 +20,7 @@ from mechheads.viz.core import figure_to_html, head_label
 from mechheads.viz.figures import (
     ablation_curve,
     aie_map,
+    chg_role_map,
     chg_scatter,
     faithfulness_curves,
     gate_trajectories,
@@ -37,6 +38,7 @@ __all__ = [
     "aie_map",
     "attention_html",
     "attention_patterns",
+    "chg_role_map",
     "chg_scatter",
     "circuitsvis_script",
     "faithfulness_curves",

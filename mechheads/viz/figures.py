@@ -540,6 +540,57 @@ def chg_scatter(
     return fig
 
 
+def chg_role_map(
+    result, *, how: str = "always", ax: Axes | None = None, annotate: bool = True, title: str | None = None
+) -> Figure:
+    """CHG scores as one L×H colour image (Nam et al. 2025, Fig. 3b): red = interference (1 − G+),
+    green = facilitation (G−), mixed by RGB, so black = irrelevant and yellow = both.
+
+    Args:
+        result: A :class:`mechheads.chg.CHGResult` or its ``aggregate()`` table.
+        how: Seed aggregation, ``"always"`` (min over seeds) or ``"any"`` (max).
+        ax: Draw into this Axes.
+        annotate: Write each head's role in its cell.
+        title: Axes title (default: the aggregation).
+    """
+    if isinstance(result, pd.DataFrame):
+        df = result
+    elif hasattr(result, "aggregate"):
+        if how not in ("always", "any"):
+            raise MechheadsError(f"how must be 'always' or 'any', got {how!r}")
+        df = result.aggregate(how)
+    else:
+        raise MechheadsError(
+            f"chg_role_map needs a CHGResult or its aggregate() table, got {type(result).__name__}"
+        )
+    fac = pivot_heads(df, "facilitation", what="chg_role_map")
+    inter = pivot_heads(df, "interference", what="chg_role_map")
+    L, H = fac.shape
+    rgb = np.clip(np.stack([inter, fac, np.zeros_like(fac)], -1), 0, 1)
+    fig, ax = new_axes(ax, figsize=(max(3.2, 0.55 * H + 1.2), max(2.4, 0.45 * L + 1.3)))
+    ax.imshow(np.nan_to_num(rgb, nan=0.5), aspect="auto", interpolation="nearest")
+    ax.set_xticks(range(H), [f"H{h}" for h in range(H)])
+    ax.set_yticks(range(L), [f"L{layer}" for layer in range(L)])
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.tick_params(length=0)
+    if annotate and "role" in df.columns and L * H <= _ANNOTATE_MAX_CELLS:
+        short = {"facilitating": "F", "interfering": "N", "irrelevant": "·", "mixed": "F+N"}
+        for r in df.itertuples():
+            ax.text(
+                r.head,
+                r.layer,
+                short.get(r.role, str(r.role)),
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white",
+            )
+    agg = df["aggregate"].iloc[0] if "aggregate" in df.columns else how
+    ax.set_title(title or f"red: interference, green: facilitation ({agg})", fontsize=9)
+    return fig
+
+
 def gate_trajectories(
     result,
     *,
