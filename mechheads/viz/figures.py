@@ -577,6 +577,7 @@ def chg_role_map(
     if annotate and "role" in df.columns and L * H <= _ANNOTATE_MAX_CELLS:
         short = {"facilitating": "F", "interfering": "N", "irrelevant": "·", "mixed": "F+N"}
         for r in df.itertuples():
+            bright = 0.6 * rgb[r.layer, r.head, 1] + 0.3 * rgb[r.layer, r.head, 0] > 0.45
             ax.text(
                 r.head,
                 r.layer,
@@ -584,7 +585,7 @@ def chg_role_map(
                 ha="center",
                 va="center",
                 fontsize=8,
-                color="white",
+                color="black" if bright else "white",
             )
     agg = df["aggregate"].iloc[0] if "aggregate" in df.columns else how
     ax.set_title(title or f"red: interference, green: facilitation ({agg})", fontsize=9)
