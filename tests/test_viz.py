@@ -631,3 +631,25 @@ def test_chg_role_map_is_red_interference_green_facilitation():
     assert (rgb[..., 2] == 0).all() and len(ax.texts) == 6
     with pytest.raises(MechheadsError, match="how must be"):
         chg_role_map(res, how="mean")
+
+
+def test_figures_take_the_analyses_outputs_as_they_are(induction):
+    from mechheads.ablation import sweep_heads
+    from mechheads.ablation_curves import cumulative_ablation, faithfulness, iterative_pruning
+    from mechheads.tasks import induction_task
+
+    task = induction_task(6, seq_len=6, seed=2)
+    res = sweep_heads(induction, task, "zero", metric="nll", progress=False)
+    heat = head_heatmap(res.table, "importance").axes[0].images[0].get_array()
+    np.testing.assert_allclose(np.asarray(heat), res.to_array("importance"))
+    order = res.ranking()[:3]
+    cum = cumulative_ablation(induction, task, order, "zero", progress=False)
+    line = ablation_curve(cum).axes[0].lines[0]
+    np.testing.assert_allclose(line.get_ydata(), cum.damage)
+    pr = iterative_pruning(induction, task, "zero", heads=["L0H1", "L0H3", "L1H3"], progress=False)
+    curve = pruning_curve(pr, max_loss=0.1).axes[0].lines[0]
+    np.testing.assert_allclose(curve.get_ydata()[1:], 100 * pr.table.rel_damage)
+    fa = faithfulness(induction, task, order, "zero", progress=False)
+    comp = faithfulness_curves(fa).axes[0]
+    assert f"area {fa.comprehensiveness_area:.3g}" in comp.get_legend().get_texts()[0].get_text()
+    assert induction.n_attached_hooks() == 0
