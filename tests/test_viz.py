@@ -653,3 +653,25 @@ def test_figures_take_the_analyses_outputs_as_they_are(induction):
     comp = faithfulness_curves(fa).axes[0]
     assert f"area {fa.comprehensiveness_area:.3g}" in comp.get_legend().get_texts()[0].get_text()
     assert induction.n_attached_hooks() == 0
+
+
+def test_chg_figures_from_a_real_fit():
+    from mechheads import zoo
+    from mechheads.chg import CHGConfig, fit
+    from mechheads.tasks import induction_task
+
+    model = zoo.load("induction-2l")
+    res = fit(
+        model,
+        induction_task(8, seq_len=6),
+        seeds=[0, 1],
+        config=CHGConfig(n_updates=3, batch_size=4),
+        progress=False,
+    )
+    assert sum(len(c.get_offsets()) for c in chg_scatter(res, how=None).axes[0].collections) == 2 * 8
+    traj = gate_trajectories(res, seed=1)
+    assert [len(ax.lines) for ax in traj.axes[:3]] == [8, 8, 8]
+    np.testing.assert_allclose(
+        traj.axes[2].lines[0].get_ydata(), res.phases["minus"].trajectory[:, 1, 0, 0].double().numpy()
+    )
+    assert score_ecdf(res).axes[0].lines[0].get_ydata()[-1] == 1.0
