@@ -18,7 +18,11 @@ Runs (each over data seeds 0, 1, 2; mean and range printed):
 * tasks-4l — ioi_pair(60): IOI vs both names replaced; metric logit_diff, k = 8 of 16 heads;
 * tasks-4l — antonym (10-shot ICL, 60 prompts; no corrupted pair, so no patching); metric nll, k = 8.
 
-    python benchmarks/estimators_zoo.py [--seeds 3] [--ig-steps 128]
+Third part (``--part cascades``): head-to-head cascades (``mechheads.cascades.head_effects``,
+zero ablation) on induction-2l's induction task and tasks-4l's IOI task, summarised per layer pair,
+with the largest output-norm growths (backup candidates).
+
+    python benchmarks/estimators_zoo.py [--part all|estimators|cascades] [--seeds 3] [--ig-steps 128]
 """
 
 from __future__ import annotations
@@ -31,10 +35,11 @@ import pandas as pd
 import torch
 
 from mechheads import zoo
-from mechheads.ablation import Ablation, as_batch, sweep_heads
+from mechheads.ablation import as_batch
 from mechheads.attribution import attribution_patching, compare_estimators, rank_agreement
+from mechheads.cascades import head_effects
 from mechheads.model import hook_z
-from mechheads.tasks import function_task, induction_pair, ioi_pair
+from mechheads.tasks import function_task, induction_pair, induction_task, ioi_pair, ioi_task
 from mechheads.tasks.metrics import get_metric
 
 RUNS = [
@@ -83,13 +88,36 @@ def summarise(values: list[float]) -> str:
     return f"{v.mean():.2f} [{v.min():.2f}, {v.max():.2f}]" if len(v) > 1 else f"{v[0]:.2f}"
 
 
+def cascades():
+    for name, task in [
+        ("induction-2l", induction_task(40, seq_len=12, seed=0)),
+        ("tasks-4l", ioi_task(60, seed=0)),
+    ]:
+        model = zoo.load(name)
+        t0 = time.perf_counter()
+        res = head_effects(model, task, "zero", progress=False)
+        print(f"\nCascades, {name} ({task.name}, zero ablation, {time.perf_counter() - t0:.1f} s):")
+        print(res.summary().round(3).to_string(index=False))
+        print("largest output-norm growth (backup candidates):")
+        print(res.backups(0.1).head(5).round(3).to_string(index=False))
+
+
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--part", choices=["all", "estimators", "cascades"], default="all")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--ig-steps", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    pd.set_option("display.width", 200)
+    if args.part != "cascades":
+        estimators(args)
+    if args.part != "estimators":
+        cascades()
+
+
+def estimators(args):
     seeds = range(args.seeds)
 
     agree, atp, ig_rows = [], [], []
@@ -98,13 +126,13 @@ def main():
         for seed in seeds:
             t0 = time.perf_counter()
             clean, corrupt = make(seed)
+            res = compare_estimators(
+                model, clean, corrupted=corrupt, metric=metric, k=k, ig_steps=args.ig_steps, progress=False
+            )
             for signed in (False, True):
-                res = compare_estimators(
-                    model, clean, corrupted=corrupt, metric=metric, k=k, signed=signed, ig_steps=args.ig_steps,
-                    progress=False,
-                )  # fmt: skip
+                r_s = res.rescore(signed=signed)
                 for ref in ["ablation"] + (["patching"] if corrupt is not None else []):
-                    for r in res.versus(ref).itertuples():
+                    for r in r_s.versus(ref).itertuples():
                         agree.append(
                             dict(model=name, task=task_name, signed=signed, reference=ref, estimator=r.estimator_a,
                                  seed=seed, spearman=r.spearman, kendall=r.kendall, overlap=r.top_k_overlap, k=k)
@@ -115,10 +143,8 @@ def main():
                      target=ig.attrs["metric_full"] - ig.attrs["metric_baseline"])
             )  # fmt: skip
             if corrupt is not None:
-                exact = sweep_heads(
-                    model, corrupt, Ablation.resample(model, clean), metric=metric, progress=False
-                )
-                ref = exact.table.assign(importance=exact.table.delta)
+                patch = res.raw["patching"]  # the exact patching sweep: clean z into the corrupted run
+                ref = patch.assign(importance=patch.delta)
                 old = atp_detached(model, clean, corrupt, metric)
                 a = rank_agreement(old, ref, k=k)
                 atp.append(dict(model=name, task=task_name, seed=seed, variant="detached (pre-fix)",

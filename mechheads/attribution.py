@@ -512,6 +512,22 @@ class EstimatorComparison:
     raw: dict[str, pd.DataFrame]
     k: int
     signed: bool
+    signs: tuple[float, float] | None = None  # +1/-1 per metric (task, patch pair); None: unknown
+
+    def rescore(self, *, signed: bool | None = None, k: int | None = None) -> EstimatorComparison:
+        """The same estimator outputs ranked again, signed or by magnitude and/or with another k
+        (no model runs)."""
+        signed = self.signed if signed is None else signed
+        k = self.k if k is None else k
+        n = len(next(iter(self.raw.values())))
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
+            raise MechheadsError(f"k must lie in 1..{n} (the number of heads), got {k!r}")
+        if signed and self.signs is None:
+            raise MechheadsError(
+                "signed=True needs named metrics (their direction is known); use signed=False"
+            )
+        rankings, agreement = _comparison_tables(self.raw, signed, self.signs or (1.0, 1.0), k)
+        return EstimatorComparison(rankings, agreement, self.raw, k, signed, self.signs)
 
     def versus(self, reference: str = "ablation") -> pd.DataFrame:
         """The agreement rows that involve ``reference``, with it as estimator_b."""
@@ -577,6 +593,7 @@ def compare_estimators(
     rollout stays unsigned.
 
     ``metric`` is used on ``task``; ``patch_metric`` (default ``metric``) on the patching pair.
+    ``result.rescore(signed=..., k=...)`` re-ranks the same outputs without running the model again.
 
     Example:
         >>> from mechheads.tasks import induction_pair
@@ -603,79 +620,91 @@ def compare_estimators(
         raise MechheadsError(f"k must lie in 1..{n} (the number of heads), got {k!r}")
     pmetric = metric if patch_metric is None else patch_metric
 
-    def hib(m) -> bool:
-        return _orientation(m, None) if isinstance(m, str) else True
-
-    if signed and (not isinstance(metric, str) or not isinstance(pmetric, str)):
+    named = isinstance(metric, str) and isinstance(pmetric, str)
+    if signed and not named:
         raise MechheadsError("signed=True needs named metrics (their direction is known); use signed=False")
+    signs = (
+        (1.0 if _orientation(metric, None) else -1.0, 1.0 if _orientation(pmetric, None) else -1.0)
+        if named
+        else None
+    )
+
+    def any_direction(m) -> bool | None:  # the sweeps' own importance column needs a direction
+        return None if isinstance(m, str) else True
+
     raw: dict[str, pd.DataFrame] = {}
-    scores: dict[str, pd.Series] = {}
-
-    def put(name: str, df: pd.DataFrame, value: np.ndarray) -> None:
-        raw[name] = df
-        scores[name] = pd.Series(
-            np.asarray(value, dtype=float), index=pd.MultiIndex.from_arrays([df.layer, df["head"]])
-        )
-
     bar = tqdm(estimators, desc="estimators", disable=not progress, leave=False)
     for name in bar:
         bar.set_postfix_str(name)
-        sign = 1.0 if hib(metric) else -1.0
-        psign = 1.0 if hib(pmetric) else -1.0
         if name == "ablation":
-            df = sweep_heads(
-                model,
-                task,
-                ablation,
-                metric=metric,
-                progress=False,
-                higher_is_better=True if not isinstance(metric, str) else None,
+            raw[name] = sweep_heads(
+                model, task, ablation, metric=metric, progress=False, higher_is_better=any_direction(metric)
             ).table
-            put(name, df, -sign * df.delta if signed else df.delta.abs())
         elif name == "patching":
-            df = sweep_heads(
+            raw[name] = sweep_heads(
                 model,
                 corrupted,
                 Ablation.resample(model, task),
                 metric=pmetric,
                 progress=False,
-                higher_is_better=True if not isinstance(pmetric, str) else None,
+                higher_is_better=any_direction(pmetric),
             ).table
-            put(name, df, psign * df.delta if signed else df.delta.abs())
         elif name == "gradient":
-            df = gradient_importance(model, task, metric=metric)
-            put(name, df, sign * df.gradient if signed else df.gradient.abs())
+            raw[name] = gradient_importance(model, task, metric=metric)
         elif name == "attribution_patching":
-            df = attribution_patching(model, task, corrupted, metric=pmetric, steps=atp_steps)
-            put(name, df, psign * df.estimate if signed else df.estimate.abs())
+            raw[name] = attribution_patching(model, task, corrupted, metric=pmetric, steps=atp_steps)
         elif name == "rollout":
-            df = rollout_scores(model, task, read=read)
-            put(name, df, df.score)
+            raw[name] = rollout_scores(model, task, read=read)
         else:
-            df = integrated_gradients(model, task, metric=metric, steps=ig_steps)
-            put(name, df, sign * df.attribution if signed else df.attribution.abs())
+            raw[name] = integrated_gradients(model, task, metric=metric, steps=ig_steps)
     bar.close()
+    rankings, agreement = _comparison_tables(raw, signed, signs or (1.0, 1.0), k)
+    return EstimatorComparison(rankings, agreement, raw, k, signed, signs)
+
+
+# estimator -> (column of its own output, which metric's direction signs it: 0 task, 1 patch pair, None unsigned)
+_SCORE = {
+    "ablation": ("delta", 0),
+    "patching": ("delta", 1),
+    "gradient": ("gradient", 0),
+    "attribution_patching": ("estimate", 1),
+    "rollout": ("score", None),
+    "integrated_gradients": ("attribution", 0),
+}
+
+
+def _comparison_tables(
+    raw: dict[str, pd.DataFrame], signed: bool, signs: tuple[float, float], k: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rankings and pairwise agreement from the estimators' own outputs (see compare_estimators)."""
+    scores: dict[str, pd.Series] = {}
+    for name, df in raw.items():
+        column, which = _SCORE[name]
+        v = df[column].to_numpy(dtype=float)
+        if which is not None:
+            # damage predicted: ablation removes the head (metric change = −contribution); the
+            # other estimators give the head's contribution (or patch effect) directly
+            v = signs[which] * (-v if name == "ablation" else v) if signed else np.abs(v)
+        scores[name] = pd.Series(v, index=[f"L{l}H{h}" for l, h in zip(df.layer, df["head"], strict=True)])
     frames = []
-    for name, s in scores.items():
+    for name, sc in scores.items():
+        df = raw[name]
         frames.append(
             pd.DataFrame(
                 dict(
-                    layer=s.index.get_level_values(0).astype(int),
-                    head=s.index.get_level_values(1).astype(int),
+                    layer=df.layer.to_numpy(dtype=int),
+                    head=df["head"].to_numpy(dtype=int),
                     estimator=name,
-                    score=s.to_numpy(),
-                    rank=s.rank(ascending=False, method="average").to_numpy(),
+                    score=sc.to_numpy(),
+                    rank=sc.rank(ascending=False, method="average").to_numpy(),
                 )
             )
         )
-    rankings = pd.concat(frames, ignore_index=True)
     rows = []
     names = list(scores)
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
-            sa = pd.Series(scores[a].to_numpy(), index=[f"L{l}H{h}" for l, h in scores[a].index])
-            sb = pd.Series(scores[b].to_numpy(), index=[f"L{l}H{h}" for l, h in scores[b].index])
-            r = rank_agreement(sa, sb, k=k)
+            r = rank_agreement(scores[a], scores[b], k=k)
             rows.append(
                 dict(
                     estimator_a=a,
@@ -686,4 +715,4 @@ def compare_estimators(
                     k=k,
                 )
             )
-    return EstimatorComparison(rankings, pd.DataFrame(rows), raw, k, signed)
+    return pd.concat(frames, ignore_index=True), pd.DataFrame(rows)

@@ -1,6 +1,7 @@
 """Rollout, integrated gradients, path-integrated attribution patching and compare_estimators."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from test_ablation import tiny_batch
@@ -254,12 +255,28 @@ def test_compare_estimators_signed_orients_by_damage():
     model = zoo.load("induction-2l")
     task = induction_pair(8, seed=1)[0]
     res = compare_estimators(
-        model, task, metric="nll", estimators=["ablation", "gradient"], k=3, signed=True, progress=False
+        model,
+        task,
+        metric="nll",
+        estimators=["ablation", "gradient", "rollout"],
+        k=3,
+        signed=True,
+        progress=False,
     )
     abl = res.rankings[res.rankings.estimator == "ablation"]
     assert np.allclose(abl.score.to_numpy(), res.raw["ablation"].delta.to_numpy())  # nll: damage = +delta
     grad = res.rankings[res.rankings.estimator == "gradient"]
     assert np.allclose(grad.score.to_numpy(), -res.raw["gradient"].gradient.to_numpy())
+    # rescoring reuses the outputs: equal to a fresh unsigned comparison
+    fresh = compare_estimators(
+        model, task, metric="nll", estimators=["ablation", "gradient", "rollout"], k=4, progress=False
+    )
+    again = res.rescore(signed=False, k=4)
+    pd.testing.assert_frame_equal(again.rankings, fresh.rankings)
+    pd.testing.assert_frame_equal(again.agreement, fresh.agreement)
+    assert not again.signed and again.k == 4
+    with pytest.raises(MechheadsError, match="k must lie in 1..8"):
+        res.rescore(k=0)
 
 
 def test_compare_estimators_bad_input():
