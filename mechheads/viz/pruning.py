@@ -22,7 +22,7 @@ METHOD_STYLE = {
 }
 
 
-def _column(df, what: str) -> str:
+def _column(df) -> str:
     """``retained`` where the metric has a ratio reading, else the raw ``value``."""
     return "retained" if df["retained"].notna().all() else "value"
 
@@ -37,16 +37,12 @@ def plot_learned_pruning(
     fig = Figure(figsize=figsize, layout="constrained")
     ax, ax2 = fig.subplots(1, 2, width_ratios=[1, 1.3])
     df = result.curve()
-    col = _column(df, "learned pruning")
-    ax.plot(df.heads_kept, df[col], **METHOD_STYLE["learned"])
-    for r in df.itertuples():
-        ax.annotate(
-            f"λ={r.penalty:g}",
-            (r.heads_kept, getattr(r, col)),
-            textcoords="offset points",
-            xytext=(4, 4),
-            fontsize=8,
-        )
+    col = _column(df)
+    path = df.sort_values("penalty")  # the sweep's path, weakest penalty first
+    ax.plot(path.heads_kept, path[col], **METHOD_STYLE["learned"])
+    for (k, v), d in df.groupby(["heads_kept", col], sort=False):  # one label per distinct point
+        label = "λ=" + ", ".join(f"{p:g}" for p in sorted(d.penalty))
+        ax.annotate(label, (k, v), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xlabel("heads kept")
     ax.set_ylabel(f"{result.metric} {'retained' if col == 'retained' else ''}".strip())
     ax.set_title("learned pruning: metric vs heads kept")
@@ -73,7 +69,7 @@ def plot_pruning_comparison(
     fig = Figure(figsize=figsize, layout="constrained")
     ax, ax2 = fig.subplots(1, 2)
     sets = comparison.sets
-    col = _column(sets, "comparison")
+    col = _column(sets)
     for method, style in METHOD_STYLE.items():
         d = sets[sets.method == method].sort_values("heads_kept")
         if len(d):
