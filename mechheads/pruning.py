@@ -65,7 +65,7 @@ from mechheads.heads import Head, mask_to_heads
 from mechheads.hooks import gate_heads
 from mechheads.model import HeadModel
 from mechheads.tasks.core import Task, TokenBatch
-from mechheads.tasks.metrics import HIGHER_IS_BETTER, Metric
+from mechheads.tasks.metrics import HIGHER_IS_BETTER, Metric, get_metric
 
 VOITA_TEMPERATURE = 1 / 3
 """β of Voita et al.'s released ``ConcreteGate`` (0.33): the default here."""
@@ -446,6 +446,7 @@ def learned_pruning(
         raise MechheadsError(f"config must be a PruningConfig, got {type(config).__name__}")
     check_gateable(model)
     pens = check_penalties(penalties)
+    get_metric(metric)  # an unknown name fails here, before any fitting
     hib = _orientation(metric, higher_is_better)
     data = as_batch(model, task)
     ev = as_batch(model, eval_task) if eval_task is not None else data
@@ -591,6 +592,8 @@ def compare_pruning(
         A :class:`PruningComparison` (``sets``, ``overlap``).
     """
     check_gateable(model)
+    get_metric(metric)
+    get_metric(selection_metric)
     hib = _orientation(metric, higher_is_better)
     abl = as_ablation(ablation)
     ev = as_batch(model, eval_task) if eval_task is not None else as_batch(model, task)

@@ -341,3 +341,18 @@ def test_survival_ranks_heads_by_the_largest_penalty_keeping_them():
     assert res.kept(0.1) == [Head(0, 0), Head(0, 2)]
     with pytest.raises(MechheadsError, match="not fitted"):
         res.kept(0.5)
+
+
+def test_other_bad_arguments_name_what_is_valid():
+    model, batch = hand_model(BACKENDS[0]), hand_batch(8)
+    with pytest.raises(MechheadsError, match="penalties_per_forward"):
+        learned_pruning(model, batch, (0.1,), config=FAST, penalties_per_forward=0, progress=False)
+    with pytest.raises(MechheadsError, match="higher_is_better"):
+        learned_pruning(model, batch, (0.1,), config=FAST, metric=lambda lg, b: lg.mean(), progress=False)
+    with pytest.raises(MechheadsError, match="PruningConfig"):
+        learned_pruning(model, batch, (0.1,), config={"n_steps": 5}, progress=False)
+    with pytest.raises(MechheadsError, match="unknown metric"):
+        learned_pruning(
+            model, batch, (0.1,), config=FAST, metric="bleu", higher_is_better=True, progress=False
+        )
+    assert model.n_attached_hooks() == 0
