@@ -115,6 +115,12 @@ def hook_attn_out(layer: int) -> str:
     return f"blocks.{layer}.hook_attn_out"
 
 
+# hooks that exist on every model but fire only after a backend flag is set (set_use_attn_in, …)
+FLAG_GATED_HOOKS = frozenset(
+    {"hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input", "hook_result", "hook_mlp_in"}
+)
+
+
 class _StopForward(Exception):
     """Raised by a hook to end a forward pass early; never escapes HeadModel."""
 
@@ -211,13 +217,21 @@ class HeadModel:
         tokens: Int[torch.Tensor, "batch pos"],
         names_filter: Callable[[str], bool] | Sequence[str] | str | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Forward pass that also returns the activations of the selected hooks as a plain dict."""
+        """Forward pass that also returns the activations of the selected hooks as a plain dict.
+
+        With ``names_filter`` None (every hook) or a callable, hooks that only fire after a backend
+        flag is switched on (``hook_attn_in``, ``hook_q_input``/``k``/``v``, ``hook_result``,
+        ``hook_mlp_in``) are left out: TransformerBridge refuses to attach them and HookedTransformer
+        never fires them. Name them explicitly to get the backend's own message about the flag.
+        """
         if isinstance(names_filter, str):
             names_filter = [names_filter]
-        if names_filter is None:
-            wanted: Callable[[str], bool] = lambda n: True  # noqa: E731
-        elif callable(names_filter):
-            wanted = names_filter
+        if names_filter is None or callable(names_filter):
+            keep = names_filter or (lambda n: True)
+
+            def wanted(n: str) -> bool:
+                return n.rsplit(".", 1)[-1] not in FLAG_GATED_HOOKS and keep(n)
+
         else:
             names = [self.check_hook(n) for n in names_filter]
             wanted = set(names).__contains__

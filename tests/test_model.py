@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from mechheads import HeadModel, MechheadsError, build_model, wrap, zoo
 from mechheads.arch import ArchConfig, ReferenceTransformer
-from mechheads.model import hook_resid_post, hook_z
+from mechheads.model import FLAG_GATED_HOOKS, hook_resid_post, hook_z
 
 
 @pytest.mark.parametrize("cfg", [TINY, TINY_ATTN, TINY_ROT], ids=["mlp", "attn_only", "rotary"])
@@ -123,6 +123,14 @@ def test_run_with_cache_filters_names(tiny, tokens):
     assert list(cache2) == [hook_resid_post(0)]
     with torch.no_grad():
         assert torch.allclose(logits, tiny(tokens), atol=1e-6)
+
+
+def test_run_with_cache_of_every_hook_skips_flag_gated_ones(tiny, tokens):
+    # the bridge refuses hook_attn_in etc. until a flag is set; "every hook" must still work
+    _, cache = tiny.run_with_cache(tokens)
+    assert {hook_z(0), hook_z(1), hook_resid_post(1)} <= set(cache)
+    assert not [n for n in cache if n.rsplit(".", 1)[-1] in FLAG_GATED_HOOKS]
+    assert set(cache) <= tiny.hook_names and len(cache) > 10
 
 
 def test_unknown_hook_is_rejected_with_valid_names(tiny, tokens):
