@@ -1,7 +1,9 @@
 """The ``mechheads`` command.
 
-``mechheads`` with no arguments runs the main job on the built-in zoo: for each zoo model it prints
-the model card and baseline metrics measured now, on held-out prompts, on the installed backend.
+``mechheads report`` is the main job: every head analysis that applies, on the built-in zoo model
+(induction-2l) or a chosen model and task, written as one self-contained HTML page plus CSV tables
+(see :mod:`mechheads.report`). ``mechheads`` with no arguments prints each zoo model's card and its
+baseline metrics measured now, on held-out prompts, on the installed backend.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import sys
 import pandas as pd
 
 EPILOG = """examples:
-  mechheads                          main job: cards and live baseline metrics of every zoo model
+  mechheads report                   main job: the HTML report on induction-2l (mechheads-report/report.html)
+  mechheads report --model tasks-4l --task ioi --out ioi-report
+  mechheads                          cards and live baseline metrics of every zoo model
   mechheads info --model tasks-4l    the same for one zoo model
   mechheads zoo list                 list the zoo models
   mechheads zoo train induction-2l   retrain a zoo model on the CPU (writes into the package)
@@ -38,8 +42,91 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--steps", type=int, help="training steps (default: the model's recipe)")
     tr.add_argument("--seed", type=int, help="random seed (default: the model's recipe)")
     tr.add_argument("--out", help="output folder (default: the package's zoo folder)")
+    rep = sub.add_parser(
+        "report", help="run every analysis that applies and write an HTML report + CSV tables"
+    )
+    _report_options(rep)
     _info_options(p)
     return p
+
+
+def _report_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="induction-2l", help="zoo model (default induction-2l)")
+    p.add_argument(
+        "--pretrained",
+        default=None,
+        help="a TransformerLens pretrained model name instead of a zoo model (needs the hub; give --task)",
+    )
+    p.add_argument(
+        "--task",
+        default=None,
+        help="induction, ioi, aba-abb, a function task (antonym, ...) or '<function task>-instruction' "
+        "(default: the zoo model's task: induction for induction-2l, ioi for tasks-4l)",
+    )
+    p.add_argument("--out", default="mechheads-report", help="output folder (default mechheads-report)")
+    p.add_argument("--n", type=int, default=64, help="prompts per analysis (default 64)")
+    p.add_argument("--seeds", type=int, default=3, help="CHG seeds, fitted together (default 3)")
+    p.add_argument("--chg-updates", type=int, default=100, help="CHG updates per phase (default 100)")
+    p.add_argument(
+        "--full", action="store_true", help="the CHG paper's schedule (500 updates per phase, batch 64)"
+    )
+    p.add_argument(
+        "--sections",
+        default=None,
+        help="comma-separated subset of: overview, ablation, estimators, chg, detectors, cma, attention",
+    )
+    p.add_argument("--backend", choices=["hooked", "bridge"], default=None, help="TransformerLens backend")
+    p.add_argument("--no-resume", action="store_true", help="recompute sections an earlier run finished")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def cmd_report(args) -> int:
+    from mechheads import zoo
+    from mechheads.errors import MechheadsError
+    from mechheads.report import ReportConfig, build_report, default_task
+
+    if args.n < 1:
+        raise MechheadsError(f"--n must be at least 1, got {args.n}")
+    cfg = ReportConfig(
+        n=args.n,
+        chg_seeds=args.seeds,
+        chg_updates=500 if args.full else args.chg_updates,
+        chg_batch=64 if args.full else ReportConfig.chg_batch,
+    )
+    if args.pretrained:
+        from mechheads.model import load_pretrained
+
+        if not args.task:
+            raise MechheadsError("--pretrained needs --task (e.g. --task ioi)")
+        model, zoo_name = load_pretrained(args.pretrained, backend=args.backend), None
+    else:
+        model, zoo_name = zoo.load(args.model, backend=args.backend), args.model
+        if zoo.kind(args.model) != "text":
+            raise MechheadsError(
+                f"the report runs on language models; {args.model!r} is a {zoo.kind(args.model)} model "
+                f"(text models: {zoo.list_models('text')})"
+            )
+    task, corrupted = default_task(args.task, cfg.n, cfg.seed) if args.task else (None, None)
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()] if args.sections else None
+    print(
+        f"mechheads report: {zoo_name or args.pretrained} ({model.backend} backend) -> {args.out}/",
+        flush=True,
+    )
+    rep = build_report(
+        model,
+        task,
+        corrupted=corrupted,
+        out_dir=args.out,
+        config=cfg,
+        zoo_name=zoo_name,
+        sections=sections,
+        resume=not args.no_resume,
+        progress=not args.quiet,
+    )
+    for s in rep.sections:
+        print(f"  {s.title:45s} {s.seconds:7.1f} s  {len(s.tables)} tables")
+    print(f"wrote {rep.html_path} and {len(rep.tables)} CSV tables in {rep.out_dir / 'tables'}")
+    return 0
 
 
 def _info_options(p: argparse.ArgumentParser) -> None:
@@ -100,11 +187,14 @@ def cmd_zoo(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     from mechheads.errors import MechheadsError
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = _parser().parse_args(argv)
+    if not getattr(args, "pretrained", None):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # zoo models never need the hub
     try:
         if args.command == "zoo":
             return cmd_zoo(args)
+        if args.command == "report":
+            return cmd_report(args)
         return cmd_info(args)
     except MechheadsError as e:
         print(f"mechheads: error: {e}", file=sys.stderr)

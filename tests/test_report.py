@@ -1,0 +1,136 @@
+import re
+
+import pandas as pd
+import pytest
+
+from mechheads import MechheadsError, zoo
+from mechheads import report as rp
+from mechheads.cli import main
+from mechheads.report import ReportConfig, build_report, default_task
+
+QUICK = ReportConfig(n=12, chg_seeds=2, chg_updates=6, chg_batch=8, top_heads=2, aie_trials=3)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return zoo.load("induction-2l")
+
+
+@pytest.fixture(scope="module")
+def full_report(model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    return build_report(model, zoo_name="induction-2l", out_dir=out, config=QUICK, progress=False)
+
+
+def test_report_is_self_contained_and_has_every_section(full_report):
+    page = full_report.html_path.read_text()
+    keys = [s.key for s in full_report.sections]
+    assert keys == [
+        "overview",
+        "ablation",
+        "estimators",
+        "chg",
+        "detectors",
+        "attention",
+    ]  # no CMA on induction
+    for key in keys:
+        assert f'<section id="{key}">' in page
+    # nothing is fetched: no src/href to the network, figures are data URIs, CircuitsVis JS is inlined
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
+    imgs = re.findall(r'<img[^>]+src="([^"]{0,30})', page)
+    assert len(imgs) >= 10 and all(s.startswith("data:image/png;base64,") for s in imgs)
+    assert page.count('id="circuits-vis-') == 1 and "<script" in page
+
+
+def test_csv_tables_equal_the_returned_tables(full_report):
+    tables = full_report.tables
+    assert {"ablation/sweep", "estimators/agreement", "chg/chg_always", "chg/chg_table2"} <= set(tables)
+    for name, df in tables.items():
+        section, table = name.split("/")
+        back = pd.read_csv(full_report.out_dir / "tables" / f"{section}_{table}.csv")
+        assert list(back.columns) == [str(c) for c in df.columns]
+        assert len(back) == len(df)
+    sweep = tables["ablation/sweep"]
+    assert set(sweep.method) == {"zero", "mean"} and len(sweep) == 2 * 8
+
+
+def test_report_finds_the_induction_circuit(full_report):
+    sweep = full_report.tables["ablation/sweep"]
+    zero = sweep[sweep.method == "zero"].sort_values("importance", ascending=False)
+    assert (int(zero.layer.iloc[0]), int(zero["head"].iloc[0])) == (0, 2)  # the previous-token head
+    detected = full_report.tables["detectors/detected"]
+    prev = detected[detected.type == "previous_token"]
+    assert (0, 2) in set(zip(prev.layer, prev["head"], strict=True))
+
+
+def test_interrupted_report_resumes_without_recomputing(model, tmp_path, monkeypatch, full_report):
+    calls = []
+    original = list(rp.SECTIONS)
+
+    def boom(ctx, sec):
+        raise KeyboardInterrupt
+
+    def counting(fn):
+        def run(ctx, sec):
+            calls.append(sec.key)
+            return fn(ctx, sec)
+
+        return run
+
+    monkeypatch.setattr(rp, "SECTIONS", [(k, t, boom if k == "chg" else counting(f)) for k, t, f in original])
+    with pytest.raises(KeyboardInterrupt):
+        build_report(model, zoo_name="induction-2l", out_dir=tmp_path, config=QUICK, progress=False)
+    assert calls == ["overview", "ablation", "estimators"] and not (tmp_path / "report.html").exists()
+    calls.clear()
+    monkeypatch.setattr(rp, "SECTIONS", [(k, t, counting(f)) for k, t, f in original])
+    rep = build_report(model, zoo_name="induction-2l", out_dir=tmp_path, config=QUICK, progress=False)
+    assert calls == ["chg", "detectors", "attention"]  # the finished sections came from the state files
+    for name, df in full_report.tables.items():
+        if name.startswith("overview"):
+            continue
+        pd.testing.assert_frame_equal(rep.tables[name].reset_index(drop=True), df.reset_index(drop=True))
+    calls.clear()
+    other = ReportConfig(**{**QUICK.__dict__, "seed": 1})
+    build_report(
+        model, zoo_name="induction-2l", out_dir=tmp_path, config=other, progress=False, sections=["overview"]
+    )
+    assert calls == ["overview"]  # other options: the state does not match and is recomputed
+
+
+def test_function_task_gets_the_cma_section(model, tmp_path):
+    m = zoo.load("tasks-4l")
+    task, _ = default_task("antonym", 8)
+    rep = build_report(
+        m, task, out_dir=tmp_path, config=QUICK, zoo_name="tasks-4l", sections=["cma"], progress=False
+    )
+    assert [s.key for s in rep.sections] == ["cma"]
+    assert {"cma/aie", "cma/aie_filtered", "cma/aie_significant"} <= set(rep.tables)
+
+
+def test_bad_report_input(model, tmp_path):
+    with pytest.raises(MechheadsError, match="unknown report sections \\['plots'\\]; valid: \\['overview'"):
+        build_report(model, zoo_name="induction-2l", out_dir=tmp_path, sections=["plots"], progress=False)
+    with pytest.raises(MechheadsError, match="unknown report task 'sst2'; valid: \\['induction', 'ioi'"):
+        default_task("sst2")
+    with pytest.raises(MechheadsError, match="ReportConfig.n must be an integer >= 1, got 0"):
+        ReportConfig(n=0)
+    with pytest.raises(MechheadsError, match="give a task: there is no default task for a user model"):
+        build_report(model, out_dir=tmp_path, progress=False)
+    clean, _ = default_task("induction", 4)
+    short, _ = default_task("aba-abb", 4)
+    with pytest.raises(MechheadsError, match="corrupted prompts must tokenize to the clean shape"):
+        build_report(model, clean, corrupted=short, out_dir=tmp_path, progress=False)
+    assert not (tmp_path / "report.html").exists()
+
+
+def test_cli_report(tmp_path, capsys):
+    out = tmp_path / "r"
+    argv = ["report", "--out", str(out), "--n", "8", "--sections", "overview,ablation", "--quiet"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "Single-head ablation" in text and (out / "report.html").exists()
+    assert (out / "tables" / "ablation_sweep.csv").exists()
+    assert main(["report", "--model", "vit-chirp", "--out", str(out)]) == 2
+    assert "the report runs on language models; 'vit-chirp' is a vision model" in capsys.readouterr().err
+    assert main(["report", "--task", "nope", "--out", str(out)]) == 2
+    assert "unknown report task 'nope'" in capsys.readouterr().err
