@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 
 from mechheads.errors import MechheadsError
 from mechheads.pruning import LearnedPruningResult, PruningComparison
-from mechheads.viz.core import head_label
+from mechheads.viz.core import head_label, new_figure
 
 METHOD_STYLE = {
     "learned": dict(color="tab:red", marker="o", linestyle="-"),
@@ -34,7 +34,7 @@ def plot_learned_pruning(
     Right: the deterministic test-time gate of every head at every penalty."""
     if not isinstance(result, LearnedPruningResult):
         raise MechheadsError(f"expected a LearnedPruningResult, got {type(result).__name__}")
-    fig = Figure(figsize=figsize, layout="constrained")
+    fig = new_figure(figsize)
     ax, ax2 = fig.subplots(1, 2, width_ratios=[1, 1.3])
     df = result.curve()
     col = _column(df)
@@ -66,7 +66,7 @@ def plot_pruning_comparison(
     pruning's head counts."""
     if not isinstance(comparison, PruningComparison):
         raise MechheadsError(f"expected a PruningComparison, got {type(comparison).__name__}")
-    fig = Figure(figsize=figsize, layout="constrained")
+    fig = new_figure(figsize)
     ax, ax2 = fig.subplots(1, 2)
     sets = comparison.sets
     col = _column(sets)
