@@ -56,8 +56,17 @@ import torch
 from jaxtyping import Bool, Float
 from tqdm.auto import tqdm
 
-from mechheads.ablation import Ablation, Method, as_ablation, as_batch, evaluate_masks, metric_value
-from mechheads.ablation_curves import iterative_pruning
+from mechheads.ablation import (
+    Ablation,
+    Method,
+    _orientation,
+    as_ablation,
+    as_batch,
+    evaluate_masks,
+    metric_name,
+    metric_value,
+)
+from mechheads.ablation_curves import _damage, iterative_pruning
 from mechheads.chg import CHGConfig, TaskLoss, _schedule, check_gateable, evaluate_gates
 from mechheads.chg import fit as chg_fit
 from mechheads.errors import MechheadsError
@@ -65,7 +74,7 @@ from mechheads.heads import Head, mask_to_heads
 from mechheads.hooks import gate_heads
 from mechheads.model import HeadModel
 from mechheads.tasks.core import Task, TokenBatch
-from mechheads.tasks.metrics import HIGHER_IS_BETTER, Metric, get_metric
+from mechheads.tasks.metrics import Metric, get_metric
 
 VOITA_TEMPERATURE = 1 / 3
 """β of Voita et al.'s released ``ConcreteGate`` (0.33): the default here."""
@@ -277,10 +286,6 @@ def _retained(values: np.ndarray, baseline: float, hib: bool) -> np.ndarray:
     return np.full(len(values), np.nan)
 
 
-def _damage(values: np.ndarray, baseline: float, hib: bool) -> np.ndarray:
-    return (baseline - values) if hib else (values - baseline)
-
-
 @dataclass
 class LearnedPruningResult:
     """One learned-pruning fit per penalty.
@@ -365,18 +370,6 @@ class LearnedPruningResult:
         """Metric against heads kept (one row per penalty, sorted by heads_kept)."""
         cols = ["heads_kept", "penalty", "value", "retained", "gated_value"]
         return self.table[cols].sort_values(["heads_kept", "penalty"]).reset_index(drop=True)
-
-
-def _orientation(metric: str | Metric, higher_is_better: bool | None) -> bool:
-    if higher_is_better is not None:
-        return bool(higher_is_better)
-    if isinstance(metric, str) and metric in HIGHER_IS_BETTER:
-        return HIGHER_IS_BETTER[metric]
-    raise MechheadsError("for a metric callable, say higher_is_better=True or False")
-
-
-def _metric_name(metric: str | Metric) -> str:
-    return metric if isinstance(metric, str) else getattr(metric, "__name__", "custom")
 
 
 def _kept_values(
@@ -507,12 +500,12 @@ def learned_pruning(
             "expected_l0": p_open(log_alpha, config.temperature, config.stretch).sum((1, 2)).double().numpy(),
             "final_loss": losses[-tail:].mean(0).double().numpy(),
             "baseline": baseline,
-            "metric": _metric_name(metric),
+            "metric": metric_name(metric),
             "mode": "joint" if train_model else "frozen",
         }
     )
     return LearnedPruningResult(
-        pens, table, log_alpha, losses, l0, baseline, _metric_name(metric), hib, config, models
+        pens, table, log_alpha, losses, l0, baseline, metric_name(metric), hib, config, models
     )
 
 
@@ -682,7 +675,7 @@ def compare_pruning(
     if len(overlap):
         overlap["retained_a"] = _retained(overlap.value_a.to_numpy(), baseline, hib)
         overlap["retained_b"] = _retained(overlap.value_b.to_numpy(), baseline, hib)
-    return PruningComparison(df, overlap, baseline, _metric_name(metric), learned, removal[::-1], chg_rank)
+    return PruningComparison(df, overlap, baseline, metric_name(metric), learned, removal[::-1], chg_rank)
 
 
 __all__ = [
