@@ -94,7 +94,13 @@ class CascadeResult:
 
     def backups(self, min_growth: float = 0.05) -> pd.DataFrame:
         """Backup candidates: (source, later head) pairs where the later head's output norm grows by
-        more than ``min_growth`` (relative) when the source is ablated, largest growth first."""
+        more than ``min_growth`` (relative) when the source is ablated, largest growth first.
+
+        Growth alone does not make a backup: a head whose input was broken can also write more
+        (on induction-2l the layer-1 induction heads grow by ~60% when the previous-token head is
+        zeroed, while the task fails). Confirm a candidate with
+        :func:`mechheads.ablation_curves.pairwise_interactions` (its effect grows when the source
+        is ablated)."""
         if not np.isfinite(min_growth):
             raise MechheadsError(f"min_growth must be a finite number, got {min_growth!r}")
         t = self.table[self.table.norm_change > min_growth]
