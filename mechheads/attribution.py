@@ -433,7 +433,7 @@ def integrated_gradients(
     baseline: float | torch.Tensor = 0.0,
     rule: Rule = "midpoint",
     max_rows: int = 512,
-    progress: bool = False,
+    progress: bool = True,
 ) -> pd.DataFrame:
     """Integrated gradients (Sundararajan et al. 2017) on the head gates.
 
@@ -656,7 +656,7 @@ def compare_estimators(
         elif name == "rollout":
             raw[name] = rollout_scores(model, task, read=read)
         else:
-            raw[name] = integrated_gradients(model, task, metric=metric, steps=ig_steps)
+            raw[name] = integrated_gradients(model, task, metric=metric, steps=ig_steps, progress=False)
     bar.close()
     rankings, agreement = _comparison_tables(raw, signed, signs or (1.0, 1.0), k)
     return EstimatorComparison(rankings, agreement, raw, k, signed, signs)

@@ -294,3 +294,20 @@ def test_compare_estimators_bad_input():
         compare_estimators(model, task, estimators=["ablation", "rollout"], k=2, progress=False).versus(
             "patching"
         )
+
+
+def test_bad_metrics_raise_and_leave_no_hook_attached(tiny):
+    clean, corrupt = tiny_batch(4, seed=0), tiny_batch(4, seed=7)
+
+    def vector(logits, batch):
+        return logits[:, 0, 0]  # not a scalar
+
+    def nan(logits, batch):
+        return logits.sum() * float("nan")
+
+    for fn, msg in ((vector, "must return a scalar"), (nan, "not finite")):
+        with pytest.raises(MechheadsError, match=msg):
+            integrated_gradients(tiny, clean, metric=fn, steps=2, progress=False)
+        with pytest.raises(MechheadsError, match=msg):
+            attribution_patching(tiny, clean, corrupt, metric=fn, steps=2)
+        assert tiny.n_attached_hooks() == 0
