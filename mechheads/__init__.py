@@ -6,9 +6,12 @@ Layers (each depends only on those above it):
    (head addressing and masks), :mod:`mechheads.hooks` (temporary per-head interventions);
 2. :mod:`mechheads.tasks` (prompts, targets, metrics, generators), :mod:`mechheads.zoo` (tiny trained models);
 3. one module per method: :mod:`mechheads.ablation`, :mod:`mechheads.ablation_curves`,
-   :mod:`mechheads.attribution`, :mod:`mechheads.chg`, :mod:`mechheads.patching`,
-   :mod:`mechheads.function_vectors`, :mod:`mechheads.symbolic`, :mod:`mechheads.detectors`,
-   :mod:`mechheads.pursuit`, :mod:`mechheads.vision`.
+   :mod:`mechheads.attribution`, :mod:`mechheads.cascades`, :mod:`mechheads.chg`,
+   :mod:`mechheads.pruning`, :mod:`mechheads.patching`, :mod:`mechheads.function_vectors`,
+   :mod:`mechheads.symbolic`, :mod:`mechheads.detectors`, :mod:`mechheads.pursuit`,
+   :mod:`mechheads.vision`;
+4. :mod:`mechheads.viz` (figures and CircuitsVis from the analyses' results),
+   :mod:`mechheads.report` and :mod:`mechheads.cli` (``mechheads report``: the one-command HTML report).
 """
 
 from mechheads.arch import ArchConfig

@@ -6,7 +6,9 @@
   scatter, gate trajectories, score ECDFs, AIE maps, ViT overlays, symbolic-head maps; each takes
   what an analysis returned and gives back a :class:`matplotlib.figure.Figure`;
 * :mod:`mechheads.viz.circuits` — CircuitsVis attention patterns with the JavaScript inlined, so
-  they render offline in Jupyter and in saved HTML.
+  they render offline in Jupyter and in saved HTML;
+* :mod:`mechheads.viz.pruning` — learned-pruning curves and the comparison of pruned head sets;
+* :mod:`mechheads.viz.cascades` — head-to-head effect matrices and estimator-agreement plots.
 
 Example:
     >>> from mechheads import zoo
@@ -15,6 +17,12 @@ Example:
     >>> attention_patterns(model, "a b c d a b c d", ["L0H2", "L1H0"])   # doctest: +SKIP
 """
 
+from mechheads.viz.cascades import (
+    plot_cascade_matrix,
+    plot_cascade_summary,
+    plot_estimator_agreement,
+    plot_estimator_ranks,
+)
 from mechheads.viz.circuits import AttentionView, attention_html, attention_patterns, circuitsvis_script
 from mechheads.viz.core import figure_to_html, head_label
 from mechheads.viz.figures import (
@@ -31,6 +39,7 @@ from mechheads.viz.figures import (
     symbolic_map,
     vit_overlay,
 )
+from mechheads.viz.pruning import plot_learned_pruning, plot_pruning_comparison
 
 __all__ = [
     "AttentionView",
@@ -47,6 +56,12 @@ __all__ = [
     "head_heatmap",
     "head_label",
     "outline_heads",
+    "plot_cascade_matrix",
+    "plot_cascade_summary",
+    "plot_estimator_agreement",
+    "plot_estimator_ranks",
+    "plot_learned_pruning",
+    "plot_pruning_comparison",
     "pruning_curve",
     "score_ecdf",
     "symbolic_map",
