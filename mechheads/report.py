@@ -6,8 +6,9 @@ as CSV:
 
 1. model, task and baseline metrics (and, for a zoo model, the card's evaluation measured now);
 2. single-head ablation sweeps (zero and mean), interfering heads;
-3. cheap estimators: gradient importance and (with a corrupted task) attribution patching next to
-   the exact patching sweep, with rank agreement;
+3. the review's estimators side by side: the exact ablation sweep, gradient importance,
+   integrated gradients, attention rollout and (with a corrupted task) exact activation patching
+   and attribution patching, with their pairwise rank agreement;
 4. Causal Head Gating: G+ / G− over several seeds, the taxonomy, Table 2, ECDFs, trajectories and the
    Fig. 2 validation checks;
 5. attention-head detectors (previous-token, induction, … scores on repeated random tokens);
@@ -276,51 +277,51 @@ def _section_ablation(ctx: _Context, sec: Section) -> None:
 
 def _section_estimators(ctx: _Context, sec: Section) -> None:
     from mechheads import viz
-    from mechheads.ablation import Ablation, sweep_heads
-    from mechheads.attribution import attribution_patching, gradient_importance, rank_agreement
+    from mechheads.attribution import compare_estimators
 
     m, t = ctx.model, ctx.task
     k = max(1, min(10, m.cfg.n_layers * m.cfg.n_heads // 2))
-    grad = gradient_importance(m, t, metric=ctx.cfg.metric)
-    sec.figure(
-        viz.head_heatmap(grad, "importance", title="|∂ metric / ∂ gate| at gate = 1"), "Gradient importance"
-    )
-    sec.table("gradient", grad, caption="Gradient importance")
-    rows = [
-        dict(
-            estimator="|gradient| at gate 1",
-            reference="zero-ablation sweep",
-            **rank_agreement(grad, ctx.shared["sweep"].table, k=k),
-        )
-    ]
+    names = ["ablation", "gradient", "integrated_gradients", "rollout"]
     if ctx.corrupted is not None:
-        pm = ctx.patch_metric
-        attr = attribution_patching(m, t, ctx.corrupted, metric=pm)
-        attr["importance"] = attr.estimate
-        exact = sweep_heads(m, ctx.corrupted, Ablation.resample(m, t), metric=pm, progress=False).table
-        exact["importance"] = exact.delta
-        sec.figure(
-            viz.head_heatmap(attr, "estimate", title=f"attribution patching ({pm})"),
-            "Attribution patching: first-order estimate of patching each head's clean z into the corrupted run",
-        )
-        sec.figure(
-            viz.head_heatmap(exact, "delta", title=f"exact patching ({pm})"),
-            "Exact activation patching of each head (clean z into the corrupted run)",
-        )
-        sec.table("attribution", attr, caption="Attribution patching")
-        sec.table("patching", exact, caption="Exact activation patching sweep")
-        rows.append(
-            dict(
-                estimator="attribution patching",
-                reference="exact patching sweep",
-                **rank_agreement(attr, exact, k=k),
-            )
-        )
-    else:
-        sec.text("No corrupted task was given, so attribution and exact patching are skipped.")
-    sec.table(
-        "agreement", pd.DataFrame(rows), caption=f"Rank agreement (Spearman, Kendall τ-b, top-{k} overlap)"
+        names += ["patching", "attribution_patching"]
+    comp = compare_estimators(
+        m,
+        t,
+        corrupted=ctx.corrupted,
+        estimators=names,
+        metric=ctx.cfg.metric,
+        patch_metric=ctx.patch_metric if ctx.corrupted is not None else None,
+        k=k,
+        progress=ctx.progress,
     )
+    sec.text(
+        "The review's estimators side by side (§11): the exact zero-ablation sweep, |gradient| at gate 1, "
+        "integrated gradients on the gates (gates 0 → 1) and attention rollout"
+        + (
+            f"; with the corrupted prompts also exact activation patching (clean z into the corrupted run) "
+            f"and attribution patching, its first-order estimate, both on {ctx.patch_metric}."
+            if ctx.corrupted is not None
+            else ". No corrupted task was given, so patching and attribution patching are skipped."
+        )
+        + " Heads are ranked by magnitude."
+    )
+    if ctx.corrupted is not None:
+        for name, col, title in [
+            ("attribution_patching", "estimate", "attribution patching"),
+            ("patching", "delta", "exact activation patching"),
+        ]:
+            sec.figure(
+                viz.head_heatmap(comp.raw[name], col, title=f"{title} ({ctx.patch_metric})"),
+                f"{title.capitalize()}: effect of patching each head's clean z into the corrupted run",
+            )
+    sec.figure(
+        viz.plot_estimator_agreement(comp), "Spearman correlation between the estimators' head rankings"
+    )
+    sec.figure(viz.plot_estimator_ranks(comp), "Each estimator's head ranks against the exact ablation sweep")
+    sec.table(
+        "agreement", comp.agreement, caption=f"Pairwise agreement (Spearman, Kendall τ-b, top-{k} overlap)"
+    )
+    sec.table("rankings", comp.rankings, caption="Scores and ranks per estimator and head", max_rows=16)
 
 
 def _section_chg(ctx: _Context, sec: Section) -> None:
@@ -502,8 +503,8 @@ def build_report(
     bad = [s for s in chosen if s not in valid]
     if bad:
         raise MechheadsError(f"unknown report sections {bad}; valid: {valid}")
-    if "attention" in chosen or "estimators" in chosen:
-        chosen = list(dict.fromkeys(["ablation", *chosen]))  # both read the zero-ablation sweep
+    if "attention" in chosen:
+        chosen = list(dict.fromkeys(["ablation", *chosen]))  # it shows the heads the sweep ranks first
     ctx = _Context(model, task, corrupted, cfg, zoo_name, progress)
     out = Path(out_dir)
     (out / ".state").mkdir(parents=True, exist_ok=True)

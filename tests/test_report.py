@@ -52,6 +52,9 @@ def test_csv_tables_equal_the_returned_tables(full_report):
         assert len(back) == len(df)
     sweep = tables["ablation/sweep"]
     assert set(sweep.method) == {"zero", "mean"} and len(sweep) == 2 * 8
+    est = set(tables["estimators/rankings"].estimator)
+    assert est == {"ablation", "gradient", "integrated_gradients", "rollout", "patching", "attribution_patching"}
+    assert len(tables["estimators/agreement"]) == 6 * 5 // 2
 
 
 def test_report_finds_the_induction_circuit(full_report):
