@@ -114,19 +114,9 @@ class Section:
         self.parts.append(
             f"<figure>{figure_to_html(fig, alt=caption)}<figcaption>{html.escape(caption)}</figcaption></figure>"
         )
-        _close(fig)
 
     def raw(self, fragment: str) -> None:
         self.parts.append(fragment)
-
-
-def _close(fig) -> None:
-    try:
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
-    except Exception:  # a Figure not managed by pyplot needs no closing
-        pass
 
 
 @dataclass
@@ -171,8 +161,8 @@ ZOO_DEFAULT_TASK = {"induction-2l": "induction", "tasks-4l": "ioi"}
 # ----- fingerprints and state --------------------------------------------------------------------
 def _fingerprint(model: HeadModel, task: Task, corrupted: Task | None, cfg: ReportConfig, key: str) -> str:
     h = hashlib.sha256()
-    h.update(f"{STATE_VERSION}|{key}|{model.cfg.n_layers}|{model.cfg.n_heads}|{model.backend}".encode())
-    for w in (model.W_O, model.W_U):
+    h.update(repr((STATE_VERSION, key, model.name, model.cfg, model.backend)).encode())
+    for w in model.parameters():  # every weight: a retrained or edited model never resumes old sections
         h.update(w.detach().float().cpu().numpy().tobytes())
     for t in (task, corrupted):
         if t is not None:

@@ -2,6 +2,7 @@ import re
 
 import pandas as pd
 import pytest
+import torch
 
 from mechheads import MechheadsError, zoo
 from mechheads import report as rp
@@ -53,7 +54,14 @@ def test_csv_tables_equal_the_returned_tables(full_report):
     sweep = tables["ablation/sweep"]
     assert set(sweep.method) == {"zero", "mean"} and len(sweep) == 2 * 8
     est = set(tables["estimators/rankings"].estimator)
-    assert est == {"ablation", "gradient", "integrated_gradients", "rollout", "patching", "attribution_patching"}
+    assert est == {
+        "ablation",
+        "gradient",
+        "integrated_gradients",
+        "rollout",
+        "patching",
+        "attribution_patching",
+    }
     assert len(tables["estimators/agreement"]) == 6 * 5 // 2
 
 
@@ -98,6 +106,14 @@ def test_interrupted_report_resumes_without_recomputing(model, tmp_path, monkeyp
         model, zoo_name="induction-2l", out_dir=tmp_path, config=other, progress=False, sections=["overview"]
     )
     assert calls == ["overview"]  # other options: the state does not match and is recomputed
+    calls.clear()
+    edited = zoo.load("induction-2l")
+    with torch.no_grad():
+        next(iter(edited.parameters())).mul_(1.01)
+    build_report(
+        edited, zoo_name="induction-2l", out_dir=tmp_path, config=QUICK, progress=False, sections=["ablation"]
+    )
+    assert calls == ["ablation"]  # other weights: recomputed too
 
 
 def test_function_task_gets_the_cma_section(model, tmp_path):
