@@ -92,15 +92,7 @@ def train_reference(spec: ZooSpec, steps: int | None = None, seed: int | None = 
         betas=(0.9, 0.98),
     )
 
-    def lr_at(step: int) -> float:
-        if step < spec.warmup:
-            return (step + 1) / spec.warmup
-        if spec.schedule == "constant":
-            return 1.0
-        frac = (step - spec.warmup) / max(1, steps - spec.warmup)
-        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(spec, steps))
     smooth = None
     bar = tqdm(range(steps), desc=f"train {spec.name}", disable=not progress, mininterval=2)
     params = [p for p in model.parameters() if p.requires_grad]
