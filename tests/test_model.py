@@ -8,7 +8,7 @@ import torch
 from conftest import BACKENDS, TINY, TINY_ATTN, TINY_ROT, perturbed_state
 from safetensors.torch import load_file
 
-from mechheads import HeadModel, MechheadsError, build_model, wrap, zoo
+from mechheads import HeadModel, MechheadsError, Task, build_model, wrap, zoo
 from mechheads.arch import ArchConfig, ReferenceTransformer
 from mechheads.model import FLAG_GATED_HOOKS, hook_resid_post, hook_z
 
@@ -334,3 +334,33 @@ def test_fused_tail_declines_architectures_it_does_not_reproduce(backend):
     model = wrap(tl)
     assert model.backend == backend and model.fused_tail() is None
     assert build_model(TINY, backend=backend).fused_tail() is not None
+
+
+def test_hf_tokenizer_adapter_on_a_local_fast_tokenizer(tiny):
+    # A real Hugging Face fast tokenizer built offline (no hub): the adapter wrap() uses for hub models.
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from mechheads.tokenizer import HFTokenizer
+
+    vocab = {
+        "<bos>": 0,
+        "<pad>": 1,
+        "<unk>": 2,
+        **{w: i + 3 for i, w in enumerate("red fox blue cat".split())},
+    }
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<bos>", pad_token="<pad>", unk_token="<unk>"
+    )
+    tok = HFTokenizer(hf)
+    assert (tok.bos_id, tok.pad_id, tok.vocab_size) == (0, 1, 7)
+    assert tok.encode("red fox blue") == [3, 4, 5]  # no special tokens added by encode
+    assert tok.id_to_str(6) == "cat" and tok.decode([3, 6]) == "red cat"
+    model = wrap(tiny.tl, tokenizer=tok)
+    assert model.to_tokens(["red fox", "cat blue"]).tolist() == [[0, 3, 4], [0, 6, 5]]  # BOS prepended
+    assert model.to_str_tokens([0, 3, 6]) == ["<bos>", "red", "cat"]
+    batch = Task("t", ["red fox", "cat"], [" blue", " red"]).batch(model)
+    assert batch.tokens.tolist() == [[0, 3, 4, 5], [0, 6, 3, 1]]  # ragged prompts padded with pad_id
+    assert batch.target_mask.sum().item() == 2
