@@ -14,37 +14,13 @@ Clean/corrupted pairs have equal token lengths so positions align:
 
 from __future__ import annotations
 
-import random
-
 import pandas as pd
 import torch
 
-from mechheads import Task, zoo
+from mechheads import zoo
 from mechheads.ablation import Ablation, sweep_heads
 from mechheads.attribution import attribution_patching, gradient_importance, rank_agreement
-from mechheads.tasks import induction_task, ioi_task
-from mechheads.tasks.words import NAMES, SYMBOL_WORDS
-
-
-def induction_pair(n=40, seq_len=12, seed=0):
-    clean = induction_task(n, seq_len=seq_len, seed=seed)
-    rng = random.Random(seed + 1)
-    prompts = []
-    for p in clean.prompts:
-        w = p.split()
-        fresh = rng.sample([x for x in SYMBOL_WORDS if x not in w], seq_len)
-        prompts.append(" ".join(fresh + w[seq_len:]))
-    return clean, Task("induction-corrupted", prompts, clean.targets)
-
-
-def ioi_pair(n=60, seed=0):
-    clean = ioi_task(n, seed=seed)
-    rng = random.Random(seed + 1)
-    prompts = []
-    for p, io, s in zip(clean.prompts, clean.meta.io, clean.meta.s, strict=True):
-        a, b = rng.sample([x for x in NAMES if x not in (io, s)], 2)
-        prompts.append(p.replace(io, "\0").replace(s, a).replace("\0", b))
-    return clean, Task("ioi-corrupted", prompts, clean.targets, alt_targets=clean.alt_targets)
+from mechheads.tasks import induction_pair, ioi_pair
 
 
 def main():

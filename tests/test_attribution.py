@@ -67,11 +67,7 @@ def test_rank_agreement_on_known_rankings():
 
 
 def test_estimators_rank_the_induction_circuit_on_top(backend):
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-    from bench_estimators import induction_pair
+    from mechheads.tasks import induction_pair
 
     model = zoo.load("induction-2l", backend=backend)
     task = induction_task(30, seq_len=12, seed=9)
