@@ -83,7 +83,7 @@ def _report_options(p: argparse.ArgumentParser) -> None:
 def cmd_report(args) -> int:
     from mechheads import zoo
     from mechheads.errors import MechheadsError
-    from mechheads.report import ReportConfig, build_report, default_task
+    from mechheads.report import ReportConfig, build_report, check_text_model, default_task
 
     if args.n < 1:
         raise MechheadsError(f"--n must be at least 1, got {args.n}")
@@ -100,12 +100,8 @@ def cmd_report(args) -> int:
             raise MechheadsError("--pretrained needs --task (e.g. --task ioi)")
         model, zoo_name = load_pretrained(args.pretrained, backend=args.backend), None
     else:
+        check_text_model(args.model)  # before loading: a vision model is refused, not loaded
         model, zoo_name = zoo.load(args.model, backend=args.backend), args.model
-        if zoo.kind(args.model) != "text":
-            raise MechheadsError(
-                f"the report runs on language models; {args.model!r} is a {zoo.kind(args.model)} model "
-                f"(text models: {zoo.list_models('text')})"
-            )
     task, corrupted = default_task(args.task, cfg.n, cfg.seed) if args.task else (None, None)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()] if args.sections else None
     print(

@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -47,6 +48,9 @@ from mechheads.errors import MechheadsError
 from mechheads.model import HeadModel
 from mechheads.tasks import generators as gen
 from mechheads.tasks.core import Task
+
+if TYPE_CHECKING:
+    from mechheads.ablation import AblationResult
 
 STATE_VERSION = 1
 
@@ -158,10 +162,23 @@ def default_task(name: str, n: int = 64, seed: int = 0) -> tuple[Task, Task | No
 ZOO_DEFAULT_TASK = {"induction-2l": "induction", "tasks-4l": "ioi"}
 
 
+def check_text_model(zoo_name: str) -> None:
+    """Refuse a zoo model the report cannot run on (the report covers language models)."""
+    from mechheads import zoo
+
+    if zoo.kind(zoo_name) != "text":
+        raise MechheadsError(
+            f"the report runs on language models; {zoo_name!r} is a {zoo.kind(zoo_name)} model "
+            f"(text models: {zoo.list_models('text')}; see tutorials/05_vit_attention_and_ablation.ipynb "
+            "for the ViT analyses)"
+        )
+
+
 # ----- fingerprints and state --------------------------------------------------------------------
-def _fingerprint(model: HeadModel, task: Task, corrupted: Task | None, cfg: ReportConfig, key: str) -> str:
+def _fingerprint(model: HeadModel, task: Task, corrupted: Task | None, cfg: ReportConfig) -> str:
+    """Identity of a report's inputs (a section's state key adds its name to it)."""
     h = hashlib.sha256()
-    h.update(repr((STATE_VERSION, key, model.name, model.cfg, model.backend)).encode())
+    h.update(repr((STATE_VERSION, model.name, model.cfg, model.backend)).encode())
     for w in model.parameters():  # every weight: a retrained or edited model never resumes old sections
         h.update(w.detach().float().cpu().numpy().tobytes())
     for t in (task, corrupted):
@@ -198,7 +215,7 @@ class _Context:
     cfg: ReportConfig
     zoo_name: str | None
     progress: bool = False
-    shared: dict = field(default_factory=dict)  # results later sections reuse (e.g. the sweep)
+    sweep: AblationResult | None = None  # the zero-ablation sweep, for the attention section
 
     @property
     def patch_metric(self) -> str:
@@ -242,7 +259,6 @@ def _section_ablation(ctx: _Context, sec: Section) -> None:
         "zero": sweep_heads(m, t, "zero", metric=metric, progress=ctx.progress),
         "mean": sweep_heads(m, t, Ablation.mean(m, t), metric=metric, progress=ctx.progress),
     }
-    ctx.shared["sweep"] = sweeps["zero"]
     sec.text(
         f"Each head ablated alone; importance = how much worse the {metric} gets (positive: the head "
         f"helps; negative: an interfering head whose removal improves the task)."
@@ -385,7 +401,7 @@ def _section_cma(ctx: _Context, sec: Section) -> None:
 def _section_attention(ctx: _Context, sec: Section) -> None:
     from mechheads import viz
 
-    heads = ctx.shared["sweep"].ranking()[: ctx.cfg.top_heads]
+    heads = ctx.sweep.ranking()[: ctx.cfg.top_heads]
     names = ", ".join(f"L{h.layer}H{h.head}" for h in heads)
     sec.text(
         f"Attention patterns of the {len(heads)} heads whose zero ablation hurts most ({names}), on the first prompt."
@@ -463,13 +479,7 @@ def build_report(
     """
     cfg = config or ReportConfig()
     if zoo_name is not None:
-        from mechheads import zoo
-
-        if zoo.kind(zoo_name) != "text":
-            raise MechheadsError(
-                f"the report runs on language models; {zoo_name!r} is a {zoo.kind(zoo_name)} model "
-                "(see tutorials/05_vit_attention_and_ablation.ipynb for the ViT analyses)"
-            )
+        check_text_model(zoo_name)
     if task is None:
         if zoo_name not in ZOO_DEFAULT_TASK:
             raise MechheadsError(
@@ -501,10 +511,11 @@ def build_report(
     (out / "tables").mkdir(exist_ok=True)
     done: list[Section] = []
     todo = [(k, title, fn) for k, title, fn in SECTIONS if k in chosen and _applies(k, ctx)]
+    inputs = _fingerprint(model, task, corrupted, cfg)  # hashes every weight: once, not per section
     bar = tqdm(todo, desc="report", disable=not progress, unit="section")
     for key, title, fn in bar:
         bar.set_postfix_str(key)
-        fp = _fingerprint(model, task, corrupted, cfg, key)
+        fp = f"{inputs}|{key}"
         state = out / ".state" / f"{key}.pkl"
         sec = _load_state(state, fp) if resume else None
         if sec is None:
@@ -516,8 +527,8 @@ def build_report(
                 fn(ctx, sec)
             sec.seconds = time.perf_counter() - t0
             _save_state(state, fp, sec)
-        if key == "ablation" and "sweep" not in ctx.shared:
-            ctx.shared["sweep"] = _sweep_from(sec, cfg.metric)
+        if key == "ablation":  # later sections read the zero sweep, computed now or resumed
+            ctx.sweep = _sweep_from(sec, cfg.metric)
         done.append(sec)
     for sec in done:
         for name, df in sec.tables.items():
@@ -536,7 +547,7 @@ def build_report(
 
 
 def _sweep_from(sec: Section, metric: str):
-    """Rebuild the zero-ablation sweep result of a resumed ablation section (for later sections)."""
+    """The zero-ablation sweep result from the ablation section's table (for later sections)."""
     from mechheads.ablation import AblationResult, _orientation
 
     df = sec.tables["sweep"]
