@@ -100,14 +100,19 @@ def train_reference(spec: ZooSpec, steps: int | None = None, seed: int | None = 
         tokens, mask = training_batch(rng, spec, tok, cfg.n_ctx)
         logits = model(tokens)
         loss = torch.nn.functional.cross_entropy(logits[:, :-1][mask[:, :-1]], tokens[:, 1:][mask[:, :-1]])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        smooth = loss.item() if smooth is None else 0.98 * smooth + 0.02 * loss.item()
+        smooth = _step(loss, opt, sched, params, smooth)
         bar.set_postfix(loss=f"{smooth:.3f}")
     return model, tok, smooth
+
+
+def _step(loss: torch.Tensor, opt, sched, params, smooth: float | None) -> float:
+    """One clipped optimiser step; returns the exponentially smoothed loss."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+    return loss.item() if smooth is None else 0.98 * smooth + 0.02 * loss.item()
 
 
 def _lr_lambda(spec, steps: int):
@@ -147,12 +152,7 @@ def train_vision_reference(
             spec.batch_size, seed, data_cfg, start=step * spec.batch_size
         ).tensors()
         loss = (model(images) - targets).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        smooth = loss.item() if smooth is None else 0.98 * smooth + 0.02 * loss.item()
+        smooth = _step(loss, opt, sched, params, smooth)
         bar.set_postfix(mse=f"{smooth:.4f}")
     return model, smooth
 
