@@ -214,33 +214,36 @@ def test_user_metric_callable_on_logits_and_batch(tiny, batch):
 
 
 def induction_circuit(model):
-    """The heads the attention detectors name on the zoo induction model."""
+    """The heads the attention detectors name on the zoo induction model: the previous-token head,
+    the current-token heads (score > 0.5) and the induction heads (score > 0.5)."""
     from mechheads.detectors import induction_scores
 
     s = induction_scores(model)
     prev = s.loc[s.previous_token.idxmax()]
-    cur = s.loc[s.current_token.idxmax()]
-    induction = [Head(int(r.layer), int(r["head"])) for _, r in s[s.induction > 0.5].iterrows()]
-    return Head(int(prev.layer), int(prev["head"])), Head(int(cur.layer), int(cur["head"])), induction
+
+    def above(col):
+        return [Head(int(r.layer), int(r["head"])) for _, r in s[s[col] > 0.5].iterrows()]
+
+    return Head(int(prev.layer), int(prev["head"])), above("current_token"), above("induction")
 
 
 def test_induction_model_sweep_finds_its_circuit(backend):
     model = zoo.load("induction-2l", backend=backend)
     prev, cur, induction = induction_circuit(model)
-    assert prev.layer == 0 and induction and all(h.layer == 1 for h in induction)
+    assert prev.layer == 0 and cur and induction and all(h.layer == 1 for h in induction)
     task = induction_task(40, seq_len=12, seed=3)
     mean = Ablation.mean(model, induction_task(100, seq_len=12, seed=11))
     res = sweep_heads(model, task, mean, metric="nll", progress=False)
     imp = {Head(int(r["layer"]), int(r["head"])): r["importance"] for r in res.table.to_dict("records")}
-    others = [h for h in imp if h not in {prev, cur, *induction}]
+    others = [h for h in imp if h not in {prev, *cur, *induction}]
     # ablating the previous-token head alone destroys induction; heads outside the circuit do nothing
-    assert res.ranking()[0] == prev and imp[prev] > 10
+    assert res.ranking()[0] == prev and imp[prev] > 5  # nats per target token; intact: 0.16
     assert max(abs(imp[h]) for h in others) < 0.01
     # the induction heads back each other up: together they matter far more than any one alone
     from mechheads.ablation_curves import cumulative_ablation
 
     together = cumulative_ablation(model, task, induction, mean, metric="nll", progress=False).damage.iloc[-1]
-    assert together > 10 and together > 50 * max(abs(imp[h]) for h in induction)
+    assert together > 5 and together > 20 * max(abs(imp[h]) for h in induction)
 
 
 # ----- the fused fast path -------------------------------------------------------------------------

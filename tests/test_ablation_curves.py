@@ -78,19 +78,19 @@ def test_induction_model_redundancy_and_faithfulness():
 
     model = zoo.load("induction-2l")
     prev, cur, induction = induction_circuit(model)
-    circuit = {prev, cur, *induction}
+    circuit = {prev, *cur, *induction}
     task = induction_task(30, seq_len=12, seed=5)
     mean = Ablation.mean(model, induction_task(100, seq_len=12, seed=11))
     ranking = sweep_heads(model, task, mean, metric="nll", progress=False).ranking()
     assert set(ranking[: len(circuit)]) == circuit
     res = faithfulness(model, task, ranking, mean, metric="nll", progress=False)
     t = res.table.set_index("k")
-    assert t.comprehensiveness[1] > 10  # removing the top head alone breaks the task
+    assert t.comprehensiveness[1] > 5  # removing the top head alone breaks the task (intact NLL 0.16)
     assert t.sufficiency[len(circuit)] > 0.99  # the circuit alone suffices
     pr = iterative_pruning(model, task, mean, metric="nll", progress=False)
     first = {Head.parse(h) for h in pr.table["head"].iloc[: 8 - len(circuit)]}
     assert first == set(all_heads(model)) - circuit  # pruning removes the non-circuit heads first
     pairs = pairwise_interactions(
-        model, task, induction, mean, metric="nll", small=0.05, large=0.2, progress=False
+        model, task, induction, mean, metric="nll", small=0.3, large=1.0, progress=False
     )
     assert pairs.redundant.any() and (pairs.interaction > 0).all()

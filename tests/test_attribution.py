@@ -81,8 +81,10 @@ def test_estimators_rank_the_induction_circuit_on_top(backend):
             .itertuples(index=False, name=None)
         )
 
-    assert top(sweep, 2) == top(grad, 2) == {(0, 0), (0, 2)}  # the current- and previous-token heads
-    clean, corrupt = induction_pair()
+    assert top(sweep, 2) == top(grad, 2) == {(0, 0), (0, 3)}  # the previous- and current-token heads
+    # 200 pairs: on 40 the rank correlation swings with the draw (0.86-1.00 over data seeds 0-5,
+    # on this model and on the one trained before it; benchmarks/RESULTS.md)
+    clean, corrupt = induction_pair(200)
     exact = sweep_heads(
         model, corrupt, Ablation.resample(model, clean), metric="first_logprob", progress=False
     ).table

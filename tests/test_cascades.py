@@ -5,6 +5,7 @@ import pytest
 import torch
 from conftest import TINY, perturbed_state
 from test_ablation import WORDS, tiny_batch
+from zoo_heads import PREV, UNUSED
 
 from mechheads import ArchConfig, MechheadsError, build_model, zoo
 from mechheads.ablation import Ablation
@@ -79,17 +80,17 @@ def test_scaling_a_source_by_one_moves_nothing(three):
 
 
 def test_previous_token_head_moves_the_induction_heads_most(backend):
-    """induction-2l: ablating L0H2 (previous-token head) moves every layer-1 induction head's output
+    """induction-2l: ablating its previous-token head moves every layer-1 induction head's output
     and attention pattern more than ablating any other layer-0 head."""
     model = zoo.load("induction-2l", backend=backend)
     res = head_effects(model, induction_task(16, seq_len=10, seed=5), "zero", progress=False)
     for col in ("output_change", "pattern_change"):
         m = res.matrix(col)
-        assert (m.idxmax(axis=0) == "L0H2").all(), (col, m)
+        assert (m.idxmax(axis=0) == PREV).all(), (col, m)
         per_source = m.mean(axis=1)
-        assert per_source.idxmax() == "L0H2"
-        # ... by a clear margin over the unused heads L0H1 and L0H3
-        assert per_source["L0H2"] > 3 * max(per_source["L0H1"], per_source["L0H3"])
+        assert per_source.idxmax() == PREV
+        # ... by a clear margin over the unused head
+        assert per_source[PREV] > 3 * per_source[UNUSED]
 
 
 def test_cascade_bad_input(three, tiny):

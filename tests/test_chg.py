@@ -338,19 +338,26 @@ def test_compare_with_cma_welch_statistics():
 
 
 @pytest.mark.slow
-def test_zoo_induction_circuit_has_the_highest_facilitation():
-    # induction-2l: previous-token head L0H2, current-token head L0H0, induction heads L1H0-3;
-    # L0H1 and L0H3 play no part. In every seed, facilitation (G−) separates the circuit from the
-    # rest. (With the paper's per-gate λ the circuit's G− stays below the paper's 0.5 threshold on
-    # this model: LayerNorm lets all of layer 0 shrink together at little cost — RESULTS.md.)
+def test_zoo_induction_circuit_comes_out_facilitating_in_every_seed():
+    # induction-2l (tests/zoo_heads.py): the previous-token, current-token and induction heads must
+    # come out facilitating in every seed (G− ≥ 0.5, the paper's threshold, role by the largest
+    # score), and the unused head must not. The paper's full schedule gives the same labels
+    # (benchmarks/RESULTS.md, 10 seeds); this short one keeps the test fast.
+    from zoo_heads import CURRENT, INDUCTION, PREV, UNUSED
+
     from mechheads import zoo
     from mechheads.tasks import induction_task
 
     model = zoo.load("induction-2l")
     task = induction_task(128, seq_len=10, seed=3)
-    res = fit(model, task, seeds=[0, 1], config=CHGConfig(n_updates=40, batch_size=16), progress=False)
-    f = res.to_array("facilitation", how="always")
-    # the four induction heads are redundant (each alone ≤ 0.02 nats): G− keeps some of them
-    circuit = [f[0, 0], f[0, 2], f[1].max()]
-    others = [f[0, 1], f[0, 3]]
-    assert min(circuit) > max(others) + 0.1, f
+    res = fit(model, task, seeds=[0, 1], config=CHGConfig(n_updates=100, batch_size=16), progress=False)
+    table = res.aggregate("always")
+    by = {f"L{r.layer}H{r.head}": r for r in table.itertuples()}
+    for name in (PREV, CURRENT, *INDUCTION):
+        assert by[name].facilitation >= 0.5 and by[name].role == "facilitating", (name, table)
+    assert by[UNUSED].facilitation < 0.1 and by[UNUSED].role != "facilitating", table
+    per_seed = res.scores()
+    circuit = per_seed[
+        [f"L{r.layer}H{r['head']}" in (PREV, CURRENT, *INDUCTION) for _, r in per_seed.iterrows()]
+    ]
+    assert (circuit.role == "facilitating").all() and circuit.seed.nunique() == 2

@@ -1,6 +1,7 @@
 import pytest
 import torch
 from conftest import TINY, perturbed_state
+from zoo_heads import CURRENT, INDUCTION, PREV, WEAK_CURRENT
 
 from mechheads import MechheadsError, build_model, zoo
 from mechheads.detectors import (
@@ -58,11 +59,11 @@ def test_negating_a_heads_output_flips_its_copying_score(backend):
 def test_detectors_find_the_known_heads_of_the_induction_model(induction2l):
     found = detect_heads(induction2l, tokens=repeated_tokens(induction2l, 8, 20))
     by = {t: {f"L{r.layer}H{r.head}" for r in found[found.type == t].itertuples()} for t in set(found.type)}
-    assert by["previous_token"] == {"L0H2"}
-    assert by["induction"] == {"L1H0", "L1H1", "L1H2", "L1H3"}
-    assert by["current_token"] == {"L0H0"}
+    assert by["previous_token"] == {PREV}
+    assert by["induction"] == set(INDUCTION)
+    assert by["current_token"] == {CURRENT, WEAK_CURRENT}
     # the induction heads copy what they attend to
-    assert {"L1H0", "L1H1", "L1H2", "L1H3"} <= by["copying"]
+    assert set(INDUCTION) <= by["copying"]
     scores = head_scores(induction2l, repeated_tokens(induction2l, 4, 10))
     assert list(scores.columns) == [
         "layer",
@@ -76,7 +77,7 @@ def test_detectors_find_the_known_heads_of_the_induction_model(induction2l):
 
 
 def test_ablation_confirms_the_induction_circuit(induction2l):
-    groups = {"induction": ["L1H0", "L1H1", "L1H2", "L1H3"], "previous_token": ["L0H2"]}
+    groups = {"induction": INDUCTION, "previous_token": [PREV]}
     df = confirm_by_ablation(induction2l, groups, n_seqs=8, seq_len=10, n_random=3)
     whole = df[df.heads == "all"].set_index("group")
     assert whole.confirmed.all() and (whole.fraction >= 0.5).all()
@@ -84,7 +85,7 @@ def test_ablation_confirms_the_induction_circuit(induction2l):
     assert len(singles) == 4 and (singles.fraction < 0.1).all()  # redundant: each alone matters little
     assert df.attrs["gap"] > 0 and df.attrs["ablation"] == "mean"
     # rows are labelled right when several groups (with random controls) share one evaluation
-    alone = confirm_by_ablation(induction2l, {"previous_token": ["L0H2"]}, n_seqs=8, seq_len=10, n_random=0)
+    alone = confirm_by_ablation(induction2l, {"previous_token": [PREV]}, n_seqs=8, seq_len=10, n_random=0)
     assert abs(alone.loss.iloc[0] - whole.loss["previous_token"]) < 1e-4
 
 

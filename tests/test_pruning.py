@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import BACKENDS, TINY, perturbed_state
+from zoo_heads import CURRENT, PREV, UNUSED, WEAK_CURRENT, lh
 
 from mechheads import ArchConfig, MechheadsError, TokenBatch, build_model, zoo
 from mechheads.ablation import Ablation, evaluate_masks_naive
@@ -159,8 +160,8 @@ def test_moderate_penalty_prunes_only_the_head_that_writes_nothing(backend):
 
 
 def test_induction_2l_prunes_the_unused_heads_first_and_keeps_the_previous_token_head(backend):
-    # card: L0H2 previous-token head, L0H0 current-token head (both needed), L1H0-3 redundant
-    # induction heads, L0H1 and L0H3 unused
+    # the card's roles (tests/zoo_heads.py): previous-token and current-token heads needed, a weaker
+    # current-token head, redundant induction heads in layer 1, one unused head
     model = zoo.load("induction-2l", backend=backend)
     res = learned_pruning(
         model,
@@ -171,11 +172,14 @@ def test_induction_2l_prunes_the_unused_heads_first_and_keeps_the_previous_token
         progress=False,
     )
     mid, high = res.masks[0], res.masks[1]
-    assert not mid[0, 1] and not mid[0, 3]  # the unused heads are gone at the moderate penalty
-    assert mid[0, 0] and mid[0, 2] and 1 <= int(mid[1].sum()) < 4  # redundant induction heads thinned
-    assert high[0, 2] and high[0, 0] and high[1].sum() >= 1  # the circuit survives the strong one
-    top = res.survival().head(3)
-    assert (0, 2) in set(zip(top.layer, top["head"], strict=True))
+    pos = {name: lh(name) for name in (PREV, CURRENT, WEAK_CURRENT, UNUSED)}
+    assert not mid[pos[UNUSED]] and mid[pos[PREV]] and mid[pos[CURRENT]]  # the unused head goes first
+    assert (
+        not high[pos[WEAK_CURRENT]] and 1 <= int(high[1].sum()) < 4
+    )  # the weaker and redundant heads thin out
+    assert high[pos[PREV]] and high[pos[CURRENT]]  # the circuit survives the strong penalty
+    top = res.survival().head(2)
+    assert set(zip(top.layer, top["head"], strict=True)) == {pos[PREV], pos[CURRENT]}
     assert res.table.retained[0] >= 0.95
 
 

@@ -3,6 +3,7 @@ import re
 import pandas as pd
 import pytest
 import torch
+from zoo_heads import PREV, lh
 
 from mechheads import MechheadsError, zoo
 from mechheads import report as rp
@@ -68,10 +69,10 @@ def test_csv_tables_equal_the_returned_tables(full_report):
 def test_report_finds_the_induction_circuit(full_report):
     sweep = full_report.tables["ablation/sweep"]
     zero = sweep[sweep.method == "zero"].sort_values("importance", ascending=False)
-    assert (int(zero.layer.iloc[0]), int(zero["head"].iloc[0])) == (0, 2)  # the previous-token head
+    assert (int(zero.layer.iloc[0]), int(zero["head"].iloc[0])) == lh(PREV)  # the previous-token head
     detected = full_report.tables["detectors/detected"]
     prev = detected[detected.type == "previous_token"]
-    assert (0, 2) in set(zip(prev.layer, prev["head"], strict=True))
+    assert lh(PREV) in set(zip(prev.layer, prev["head"], strict=True))
 
 
 def test_interrupted_report_resumes_without_recomputing(model, tmp_path, monkeypatch, full_report):

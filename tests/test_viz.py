@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 from matplotlib.figure import Figure
+from zoo_heads import PREV, lh
 
 from mechheads import MechheadsError
 from mechheads.viz import (
@@ -180,16 +181,17 @@ def test_attention_widget_is_offline_with_the_bundle_inlined(induction):
 
 
 def test_attention_widget_patterns_equal_the_full_cache(induction):
-    view = attention_patterns(induction, PROMPT, ["L1H0", "L0H2"])
+    view = attention_patterns(induction, PROMPT, ["L1H0", PREV])
     tokens = induction.to_tokens(PROMPT)
     _, cache = induction.run_with_cache(tokens, lambda name: name.endswith("hook_pattern"))
+    layer, head = lh(PREV)
     expected = torch.stack(
-        [cache["blocks.1.attn.hook_pattern"][0, 0], cache["blocks.0.attn.hook_pattern"][0, 2]]
+        [cache["blocks.1.attn.hook_pattern"][0, 0], cache[f"blocks.{layer}.attn.hook_pattern"][0, head]]
     )
     torch.testing.assert_close(view.patterns, expected.float())
     shown = np.array(_props(view.html, "AttentionHeads")["attention"])
     np.testing.assert_allclose(shown, expected.numpy(), atol=5.1e-5)
-    # L0H2 is the zoo model's previous-token head: each word attends to the one before it
+    # the zoo model's previous-token head: each word attends to the one before it
     prev = expected[1].diagonal(-1)[1:]
     assert (prev > 0.5).all()
 

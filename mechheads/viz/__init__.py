@@ -14,7 +14,7 @@ Example:
     >>> from mechheads import zoo
     >>> from mechheads.viz import attention_patterns, head_heatmap
     >>> model = zoo.load("induction-2l")
-    >>> attention_patterns(model, "a b c d a b c d", ["L0H2", "L1H0"])   # doctest: +SKIP
+    >>> attention_patterns(model, "a b c d a b c d", ["L0H0", "L1H0"])   # doctest: +SKIP
 """
 
 from mechheads.viz.cascades import (

@@ -14,7 +14,7 @@ Example:
     >>> from mechheads import zoo
     >>> from mechheads.viz import attention_patterns
     >>> model = zoo.load("induction-2l")
-    >>> view = attention_patterns(model, "red fox blue cat red fox blue cat", ["L0H2", "L1H0"])
+    >>> view = attention_patterns(model, "red fox blue cat red fox blue cat", ["L0H0", "L1H0"])
     >>> "CircuitsVis.render" in view.html
     True
 """

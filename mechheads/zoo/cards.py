@@ -134,6 +134,8 @@ def write_card(folder: Path) -> str:
         prev = scores.sort_values("previous_token", ascending=False).head(4)
         score_text = f"Top heads by induction (prefix-matching) score:\n\n{_table(top)}\n\nTop heads by previous-token score:\n\n{_table(prev)}"
     tr = config["training"]
+    ls = tr.get("label_smoothing", 0.0)
+    smoothing = f", label smoothing {ls} (the reported NLL is plain)" if ls else ""
     arch = config["arch"]
     n_params = sum(p.numel() for p in model.parameters())
     text = f"""# {name}
@@ -150,7 +152,7 @@ word-level vocabulary of {arch["d_vocab"]} tokens, pre-LayerNorm, \
 ## Training
 `{tr["command"]}` — {tr["steps"]} AdamW steps, batch {tr["batch_size"]}, peak lr {tr["lr"]} \
 ({tr.get("schedule", "cosine")} schedule, weight decay {tr.get("weight_decay", 0.01)}), seed {tr["seed"]}, \
-data mixture {tr["mixture"]}; final training loss {tr["final_train_loss"]}; {tr["seconds"]} s on a 2-core CPU \
+data mixture {tr["mixture"]}{smoothing}; final training loss {tr["final_train_loss"]}; {tr["seconds"]} s on a 2-core CPU \
 (torch {tr["torch"]}). Deterministic for a given seed on a given machine.
 
 ## Held-out accuracy

@@ -99,7 +99,9 @@ def train_reference(spec: ZooSpec, steps: int | None = None, seed: int | None = 
     for _ in bar:
         tokens, mask = training_batch(rng, spec, tok, cfg.n_ctx)
         logits = model(tokens)
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1][mask[:, :-1]], tokens[:, 1:][mask[:, :-1]])
+        loss = torch.nn.functional.cross_entropy(
+            logits[:, :-1][mask[:, :-1]], tokens[:, 1:][mask[:, :-1]], label_smoothing=spec.label_smoothing
+        )
         smooth = _step(loss, opt, sched, params, smooth)
         bar.set_postfix(loss=f"{smooth:.3f}")
     return model, tok, smooth
@@ -232,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     spec = SPECS[args.name]
     t0 = time.time()
     model, tok, loss = train_reference(spec, args.steps, args.seed)
-    meta = _training_meta(spec, args, cmd, round(loss, 4), time.time() - t0, mixture=spec.mixture)
+    extra = {"label_smoothing": spec.label_smoothing} if spec.label_smoothing else {}
+    meta = _training_meta(spec, args, cmd, round(loss, 4), time.time() - t0, mixture=spec.mixture, **extra)
     out = args.out or ZOO_DIR / spec.name
     save_checkpoint(out, spec, model, tok, meta)
     from mechheads.zoo.cards import write_card
