@@ -23,6 +23,7 @@ zero ablation) on induction-2l's induction task and tasks-4l's IOI task, summari
 with the largest output-norm growths (backup candidates).
 
     python benchmarks/estimators_zoo.py [--part all|estimators|cascades] [--seeds 3] [--ig-steps 128]
+                                        [--models induction-2l,tasks-4l]
 """
 
 from __future__ import annotations
@@ -88,11 +89,13 @@ def summarise(values: list[float]) -> str:
     return f"{v.mean():.2f} [{v.min():.2f}, {v.max():.2f}]" if len(v) > 1 else f"{v[0]:.2f}"
 
 
-def cascades():
+def cascades(models: list[str]):
     for name, task in [
         ("induction-2l", induction_task(40, seq_len=12, seed=0)),
         ("tasks-4l", ioi_task(60, seed=0)),
     ]:
+        if name not in models:
+            continue
         model = zoo.load(name)
         t0 = time.perf_counter()
         res = head_effects(model, task, "zero", progress=False)
@@ -108,20 +111,22 @@ def main():
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--ig-steps", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--models", default="induction-2l,tasks-4l", help="comma-separated zoo models to run")
     args = ap.parse_args()
+    args.models = args.models.split(",")
     torch.set_num_threads(args.threads)
     pd.set_option("display.width", 200)
     if args.part != "cascades":
         estimators(args)
     if args.part != "estimators":
-        cascades()
+        cascades(args.models)
 
 
 def estimators(args):
     seeds = range(args.seeds)
 
     agree, atp, ig_rows = [], [], []
-    for name, task_name, make, metric, k in RUNS:
+    for name, task_name, make, metric, k in [r for r in RUNS if r[0] in args.models]:
         model = zoo.load(name)
         for seed in seeds:
             t0 = time.perf_counter()
