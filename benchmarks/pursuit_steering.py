@@ -21,8 +21,16 @@ Design (fixed before the first run; every configuration run is reported, none dr
   probability mass on the concept's tokens at the answer position; 10 matched random head sets
   (seed 0) per concept, disjoint from the selected heads; median and IQR of their deltas.
 
-    python benchmarks/pursuit_steering.py            # all configurations (about 10-15 min on 2 cores)
+Second model, functions-3l (3 layers x 8 heads, trained on the function tasks only; added to the zoo
+after tasks-4l's run, for this check): the same labelling and concepts, the tasks-4l design's
+accuracy configurations first, then configurations fixed after an exploratory run on the same
+weights had shown accuracy at its ceiling (every task 1.000, unmoved by most 2-head steerings):
+the first answer token's log-probability as the metric (a continuous measure of the same answer),
+and the top 4 heads as well as the top 2.
+
+    python benchmarks/pursuit_steering.py            # tasks-4l, all configurations (about 10-15 min on 2 cores)
     python benchmarks/pursuit_steering.py --quick    # one configuration, instruction format only
+    python benchmarks/pursuit_steering.py --model functions-3l
 """
 
 from __future__ import annotations
@@ -84,14 +92,15 @@ def specific_top_heads(cs, concept: str, n: int):
 
 
 def run_config(model, writes, positions, alpha, fmt, n_eval, n_controls, n_top, metric_kind, ranking):
+    """One steering configuration; ``metric_kind``: accuracy, first_logprob or concept mass."""
     concepts = {c: WORD_CONCEPTS[c] for c in CONCEPT_TASK}
     cs = concept_scores(model, None, concepts, k=8, writes=writes, n_random=20, progress=False)
     tasks = {name: function_task(name, fmt, n=n_eval, seed=1000) for name in FUNCTION_TASK_NAMES}
     results = {}
     for c in CONCEPT_TASK:
         heads = cs.top_heads(c, n_top) if ranking == "score" else specific_top_heads(cs, c, n_top)
-        if metric_kind == "accuracy":
-            metric = "accuracy"
+        if metric_kind in ("accuracy", "first_logprob"):
+            metric = metric_kind
         else:
             ids, _ = concept_token_ids(model, WORD_CONCEPTS[c])
             metric = concept_mass(ids)
@@ -114,15 +123,16 @@ def main():
     ap.add_argument("--backend", default=None)
     ap.add_argument("--n-eval", type=int, default=50)
     ap.add_argument("--n-controls", type=int, default=10)
-    ap.add_argument("--top", type=int, default=2)
+    ap.add_argument("--top", type=int, default=2, help="heads steered per concept (tasks-4l configurations)")
+    ap.add_argument("--model", default="tasks-4l", choices=["tasks-4l", "functions-3l"])
     args = ap.parse_args()
     torch.set_num_threads(1)
     t0 = time.time()
-    model = zoo.load("tasks-4l", backend=args.backend)
+    model = zoo.load(args.model, backend=args.backend)
     data = labelling_data()
     writes = {p: head_writes(model, data, positions=p, progress=False) for p in ("valid", "answer")}
 
-    print(f"# Head Pursuit on tasks-4l ({model.backend}), labelling rows: {len(data)}\n")
+    print(f"# Head Pursuit on {args.model} ({model.backend}), labelling rows: {len(data)}\n")
     full = head_pursuit(model, writes=writes["valid"], k=5, progress=False)
     lab = full.labels()
     lab["tokens"] = [", ".join(t) for t in lab.tokens]
@@ -130,23 +140,38 @@ def main():
     print(md(lab))
     print()
 
+    n = args.top
     configs = [
-        # (positions, alpha, format, metric, head ranking): the pre-registered set ...
-        ("valid", -1.0, "instruction", "accuracy", "score"),
-        ("valid", -1.0, "icl", "accuracy", "score"),
-        ("valid", 0.0, "instruction", "accuracy", "score"),
-        ("valid", -1.0, "instruction", "concept mass", "score"),
-        ("answer", -1.0, "instruction", "accuracy", "score"),
-        ("answer", -1.0, "icl", "accuracy", "score"),
+        # (positions, alpha, format, metric, head ranking, heads): the pre-registered set ...
+        ("valid", -1.0, "instruction", "accuracy", "score", n),
+        ("valid", -1.0, "icl", "accuracy", "score", n),
+        ("valid", 0.0, "instruction", "accuracy", "score", n),
+        ("valid", -1.0, "instruction", "concept mass", "score", n),
+        ("answer", -1.0, "instruction", "accuracy", "score", n),
+        ("answer", -1.0, "icl", "accuracy", "score", n),
         # ... and the post-hoc specificity ranking, added after the first (--quick) run
-        ("valid", -1.0, "instruction", "accuracy", "specificity"),
-        ("answer", -1.0, "instruction", "accuracy", "specificity"),
-        ("answer", 0.0, "instruction", "accuracy", "specificity"),
+        ("valid", -1.0, "instruction", "accuracy", "specificity", n),
+        ("answer", -1.0, "instruction", "accuracy", "specificity", n),
+        ("answer", 0.0, "instruction", "accuracy", "specificity", n),
     ]
+    if args.model == "functions-3l":
+        configs = [
+            # tasks-4l's accuracy design ...
+            ("valid", -1.0, "instruction", "accuracy", "score", 2),
+            ("valid", -1.0, "icl", "accuracy", "score", 2),
+            ("answer", -1.0, "instruction", "accuracy", "score", 2),
+            # ... then the log-probability of the first answer token, 2 and 4 heads (see the docstring)
+            ("valid", -1.0, "instruction", "first_logprob", "score", 2),
+            ("valid", -1.0, "instruction", "first_logprob", "score", 4),
+            ("valid", -1.0, "icl", "first_logprob", "score", 4),
+            ("valid", 0.0, "instruction", "first_logprob", "score", 4),
+            ("answer", -1.0, "instruction", "first_logprob", "score", 4),
+            ("valid", -1.0, "instruction", "concept mass", "score", 4),
+        ]
     if args.quick:
         configs = configs[:1]
     printed_scores = set()
-    for positions, alpha, fmt, metric_kind, ranking in configs:
+    for positions, alpha, fmt, metric_kind, ranking, top in configs:
         cs, sel = run_config(
             model,
             writes[positions],
@@ -155,23 +180,23 @@ def main():
             fmt,
             args.n_eval,
             args.n_controls,
-            args.top,
+            top,
             metric_kind,
             ranking,
         )
         if positions not in printed_scores:
             printed_scores.add(positions)
-            top = (
+            best = (
                 cs.table[cs.table["rank"] <= 3]
                 .sort_values(["concept", "rank"])
                 .assign(head=lambda d: "L" + d.layer.astype(str) + "H" + d["head"].astype(str))
             )[["concept", "rank", "head", "score", "chance", "above_chance", "top_tokens"]]
             print(f"## Top heads per concept (positions={positions!r}, 8-atom concept fits)\n")
-            print(md(top))
+            print(md(best))
             print()
         print(
             f"## Selective impairment: positions={positions!r}, alpha={alpha}, format={fmt}, "
-            f"metric={metric_kind}, ranking={ranking}, top {args.top} heads, {args.n_controls} controls, n={args.n_eval}\n"
+            f"metric={metric_kind}, ranking={ranking}, top {top} heads, {args.n_controls} controls, n={args.n_eval}\n"
         )
         print(md(sel))
         print(

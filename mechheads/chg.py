@@ -17,6 +17,13 @@ over gates; the default :data:`DEFAULT_LAMBDA` = 1.5e-4 is the paper's λ = 0.1 
 672 heads of Llama-3.2-3B, the paper's main model. To reproduce the reference code's mean-form
 λ on a given model, pass ``lam = λ_mean / (n_layers · n_heads)`` (:func:`per_gate_lambda`).
 
+**CHG needs a loss that can still move.** Facilitation is how far G− can close a gate before the
+task loss rises. On a model whose loss on the task is saturated (near 0 on a deterministic task,
+logits grown without bound), gates shrink at almost no cost and the taxonomy says little: the zoo's
+induction-2l, trained without label smoothing, let G− close every circuit head to about 0.3 (none
+facilitating); retrained with label smoothing 0.1, all seven circuit heads are facilitating in 10
+of 10 seeds (benchmarks/RESULTS.md). Check the baseline loss before reading the roles.
+
 Several seeds are fitted together: K gate sets × B examples in one forward (the batch repeated,
 copy-major), with per-seed gradient clipping, so the result equals K sequential fits.
 

@@ -32,21 +32,24 @@ class VisionEval:
 def standard_tasks(name: str, n: int = 200, seed: int = EVAL_SEED) -> list[Task] | list[VisionEval]:
     """The evaluation tasks reported on a zoo model's card (for a vision model: held-out images)."""
     from mechheads import zoo
+    from mechheads.zoo.specs import SPECS
 
     if name in zoo.list_models("vision"):
         return [VisionEval(name, n, seed)]
-    if name.startswith("induction"):
-        return [gen.induction_task(n, seq_len=20, seed=seed)]
+    # the tasks of the model's training mixture (all of them for a model without a spec)
+    kinds = set(SPECS[name].mixture) if name in SPECS else {"icl", "instruction", "aba", "ioi", "induction"}
     tasks = [
         gen.function_task(t, fmt, n=n, seed=seed)
         for fmt in ("icl", "instruction")
+        if fmt in kinds
         for t in gen.FUNCTION_TASK_NAMES
     ]
-    tasks += [
-        gen.aba_abb_task(n, n_examples=3, seed=seed),
-        gen.ioi_task(n, seed=seed),
-        gen.induction_task(n, seq_len=20, seed=seed),
-    ]
+    if "aba" in kinds:
+        tasks.append(gen.aba_abb_task(n, n_examples=3, seed=seed))
+    if "ioi" in kinds:
+        tasks.append(gen.ioi_task(n, seed=seed))
+    if "induction" in kinds:
+        tasks.append(gen.induction_task(n, seq_len=20, seed=seed))
     return tasks
 
 

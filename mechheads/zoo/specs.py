@@ -80,6 +80,24 @@ SPECS: dict[str, ZooSpec] = {
         batch_size=48,
         lr=2e-3,
     ),
+    "functions-3l": ZooSpec(
+        name="functions-3l",
+        description=(
+            "3-layer transformer (attention + MLP, 8 heads per layer) trained only on the six function tasks, "
+            "in the 1-10-shot (icl) and instruction formats."
+        ),
+        expected_circuit=(
+            "Built for Head Pursuit (mechheads.pursuit): more, narrower heads than tasks-4l, so that heads can "
+            "specialise in the answer categories, and 8 heads per layer, so that 10 distinct random head sets "
+            "matched by layer exist for a 2- or 4-head selection. Which heads do what is for the analyses to find "
+            "(benchmarks/RESULTS.md, Head Pursuit)."
+        ),
+        arch=dict(n_layers=3, n_heads=8, d_model=128, d_head=16, d_mlp=512, n_ctx=112, positional="rotary"),
+        mixture={"icl": 0.6, "instruction": 0.4},
+        steps=3000,
+        batch_size=48,
+        lr=2e-3,
+    ),
 }
 
 
