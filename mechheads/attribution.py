@@ -519,13 +519,7 @@ class EstimatorComparison:
         (no model runs)."""
         signed = self.signed if signed is None else signed
         k = self.k if k is None else k
-        n = len(next(iter(self.raw.values())))
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
-            raise MechheadsError(f"k must lie in 1..{n} (the number of heads), got {k!r}")
-        if signed and self.signs is None:
-            raise MechheadsError(
-                "signed=True needs named metrics (their direction is known); use signed=False"
-            )
+        _check_ranking_options(k, len(next(iter(self.raw.values()))), signed, named=self.signs is not None)
         rankings, agreement = _comparison_tables(self.raw, signed, self.signs or (1.0, 1.0), k)
         return EstimatorComparison(rankings, agreement, self.raw, k, signed, self.signs)
 
@@ -615,14 +609,9 @@ def compare_estimators(
         raise MechheadsError(
             "the patching and attribution_patching estimators need corrupted=... (a paired batch)"
         )
-    n = model.cfg.n_layers * model.cfg.n_heads
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
-        raise MechheadsError(f"k must lie in 1..{n} (the number of heads), got {k!r}")
     pmetric = metric if patch_metric is None else patch_metric
-
     named = isinstance(metric, str) and isinstance(pmetric, str)
-    if signed and not named:
-        raise MechheadsError("signed=True needs named metrics (their direction is known); use signed=False")
+    _check_ranking_options(k, model.cfg.n_layers * model.cfg.n_heads, signed, named)
     signs = (
         (1.0 if _orientation(metric, None) else -1.0, 1.0 if _orientation(pmetric, None) else -1.0)
         if named
@@ -660,6 +649,14 @@ def compare_estimators(
     bar.close()
     rankings, agreement = _comparison_tables(raw, signed, signs or (1.0, 1.0), k)
     return EstimatorComparison(rankings, agreement, raw, k, signed, signs)
+
+
+def _check_ranking_options(k, n: int, signed: bool, named: bool) -> None:
+    """k for the top-k overlap must lie in 1..n heads; signed rankings need metrics of known direction."""
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
+        raise MechheadsError(f"k must lie in 1..{n} (the number of heads), got {k!r}")
+    if signed and not named:
+        raise MechheadsError("signed=True needs named metrics (their direction is known); use signed=False")
 
 
 # estimator -> (column of its own output, which metric's direction signs it: 0 task, 1 patch pair, None unsigned)
