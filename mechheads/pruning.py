@@ -69,7 +69,7 @@ from mechheads.ablation import (
 from mechheads.ablation_curves import _damage, iterative_pruning
 from mechheads.chg import CHGConfig, TaskLoss, _schedule, check_gateable, evaluate_gates
 from mechheads.chg import fit as chg_fit
-from mechheads.errors import MechheadsError
+from mechheads.errors import MechheadsError, check_positive_ints
 from mechheads.heads import Head, mask_to_heads
 from mechheads.hooks import gate_heads
 from mechheads.model import HeadModel
@@ -113,10 +113,7 @@ class PruningConfig:
     eps: float = 1e-6
 
     def __post_init__(self):
-        for name in ("n_steps", "batch_size"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise MechheadsError(f"PruningConfig.{name} must be an integer >= 1, got {v!r}")
+        check_positive_ints(self, ("n_steps", "batch_size"))
         for name in ("lr", "model_lr"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):

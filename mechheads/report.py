@@ -44,7 +44,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from mechheads.errors import MechheadsError
+from mechheads.errors import MechheadsError, check_positive_ints
 from mechheads.model import HeadModel
 from mechheads.tasks import generators as gen
 from mechheads.tasks.core import Task
@@ -83,10 +83,7 @@ class ReportConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("n", "chg_seeds", "chg_updates", "chg_batch", "top_heads", "aie_trials"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise MechheadsError(f"ReportConfig.{name} must be an integer >= 1, got {v!r}")
+        check_positive_ints(self, ("n", "chg_seeds", "chg_updates", "chg_batch", "top_heads", "aie_trials"))
 
 
 @dataclass
