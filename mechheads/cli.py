@@ -61,7 +61,8 @@ def _report_options(p: argparse.ArgumentParser) -> None:
         "--task",
         default=None,
         help="induction, ioi, aba-abb, a function task (antonym, ...) or '<function task>-instruction' "
-        "(default: the zoo model's task: induction for induction-2l, ioi for tasks-4l)",
+        "(default: the zoo model's task: induction for induction-2l, ioi for tasks-4l, country-capital for "
+        "functions-3l)",
     )
     p.add_argument("--out", default="mechheads-report", help="output folder (default mechheads-report)")
     p.add_argument("--n", type=int, default=64, help="prompts per analysis (default 64)")

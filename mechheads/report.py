@@ -156,7 +156,7 @@ def default_task(name: str, n: int = 64, seed: int = 0) -> tuple[Task, Task | No
     )
 
 
-ZOO_DEFAULT_TASK = {"induction-2l": "induction", "tasks-4l": "ioi"}
+ZOO_DEFAULT_TASK = {"induction-2l": "induction", "tasks-4l": "ioi", "functions-3l": "country-capital"}
 
 
 def check_text_model(zoo_name: str) -> None:
