@@ -154,3 +154,11 @@ def test_cli_report(tmp_path, capsys):
     assert "the report runs on language models; 'vit-chirp' is a vision model" in capsys.readouterr().err
     assert main(["report", "--task", "nope", "--out", str(out)]) == 2
     assert "unknown report task 'nope'" in capsys.readouterr().err
+
+
+def test_every_zoo_text_model_has_a_default_report_task():
+    # `mechheads report --model NAME` works without --task for every text model the zoo ships
+    assert set(zoo.list_models("text")) <= set(rp.ZOO_DEFAULT_TASK), rp.ZOO_DEFAULT_TASK
+    for name in zoo.list_models("text"):
+        task, _ = default_task(rp.ZOO_DEFAULT_TASK[name], 4)
+        assert len(task) == 4
