@@ -47,11 +47,36 @@ METHODS = ("zero", "mean", "resample", "scale")
 
 
 def as_batch(model: HeadModel, data: Task | TokenBatch) -> TokenBatch:
+    """The token batch of ``data`` on the model's device, checked against the model.
+
+    Refused: target ids outside the model's output vocabulary (``d_vocab_out``), and padded
+    batches on a bidirectional model, whose forward would attend to the padding (mechheads passes
+    no attention mask): run prompts of equal token length together instead.
+    """
     if isinstance(data, Task):
-        return data.batch(model)
-    if isinstance(data, TokenBatch):
-        return data.to(model.device)
-    raise MechheadsError(f"expected a Task or a TokenBatch, got {type(data).__name__}")
+        batch = data.batch(model)
+    elif isinstance(data, TokenBatch):
+        batch = data.to(model.device)
+    else:
+        raise MechheadsError(f"expected a Task or a TokenBatch, got {type(data).__name__}")
+    V = model.cfg.d_vocab_out
+    targets = [batch.labels[batch.target_mask], batch.first_target]
+    if batch.alt_first_target is not None:
+        targets.append(batch.alt_first_target)
+    top = max((int(t.max()) for t in targets if t.numel()), default=0)
+    if top >= V:
+        raise MechheadsError(
+            f"a target token id is {top}, but {model.name!r} predicts only ids 0..{V - 1} "
+            f"(output vocabulary d_vocab_out = {V}): use targets inside the output vocabulary"
+        )
+    if model.cfg.attention_dir == "bidirectional" and bool((batch.lengths < batch.tokens.shape[1]).any()):
+        lens = sorted(set(batch.lengths.tolist()))
+        raise MechheadsError(
+            f"{model.name!r} attends in both directions, so padding would change every position, but this batch "
+            f"is padded (prompt lengths {lens[:6]}{'...' if len(lens) > 6 else ''} in {batch.tokens.shape[1]} "
+            "positions). Pass prompts of equal token length (e.g. one batch per length)"
+        )
+    return batch
 
 
 @dataclass

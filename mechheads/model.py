@@ -15,6 +15,7 @@ binds the layer in a closure instead.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -89,6 +90,11 @@ class Dims:
     d_vocab: int
     n_ctx: int
     attention_dir: str = "causal"
+    d_vocab_out: int = 0  # size of the output vocabulary (the logits); 0 means d_vocab
+
+    def __post_init__(self):
+        if self.d_vocab_out <= 0:
+            object.__setattr__(self, "d_vocab_out", self.d_vocab)
 
     @property
     def n_total_heads(self) -> int:
@@ -115,14 +121,23 @@ def hook_attn_out(layer: int) -> str:
     return f"blocks.{layer}.hook_attn_out"
 
 
+UNEMBED_IN = "unembed.hook_in"  # input of the unembedding (after the final norm and any MLM transform)
+
 # hooks that exist on every model but fire only after a backend flag is set (set_use_attn_in, …)
 FLAG_GATED_HOOKS = frozenset(
     {"hook_attn_in", "hook_q_input", "hook_k_input", "hook_v_input", "hook_result", "hook_mlp_in"}
 )
 
 
-class _StopForward(Exception):
-    """Raised by a hook to end a forward pass early; never escapes HeadModel."""
+@torch.no_grad()
+def _looks_causal(tl_model) -> bool:
+    """Whether changing the last token leaves every earlier position's logits unchanged."""
+    V = int(tl_model.cfg.d_vocab)
+    tokens = torch.tensor([[1, 2, 3, 4], [1, 2, 3, 5]]) % V
+    device = next(tl_model.parameters()).device
+    out = tl_model(tokens.to(device)).float()
+    tol = 1e-5 * max(1.0, out.abs().max().item())
+    return bool((out[0, :3] - out[1, :3]).abs().max() <= tol)
 
 
 class HeadModel:
@@ -151,12 +166,16 @@ class HeadModel:
             d_vocab=int(c.d_vocab),
             n_ctx=int(c.n_ctx),
             attention_dir=str(getattr(c, "attention_dir", "causal")),
+            d_vocab_out=int(getattr(c, "d_vocab_out", 0) or 0),
         )
         if self.cfg.n_heads < 1 or self.cfg.n_layers < 1:
             raise MechheadsError(
                 f"model {self.name!r} has no attention heads (n_layers={c.n_layers}, n_heads={c.n_heads})"
             )
         self._hook_names = frozenset(tl_model.hook_dict.keys())
+        if backend == "bridge" and self.cfg.attention_dir == "causal" and not _looks_causal(tl_model):
+            # TransformerLens 3.9's bridge reports encoders such as BERT as causal: trust the model
+            self.cfg = dataclasses.replace(self.cfg, attention_dir="bidirectional")
 
     def __repr__(self) -> str:
         c = self.cfg
@@ -267,8 +286,21 @@ class HeadModel:
 
     @property
     def reuses_prefix(self) -> bool:
-        """Whether :meth:`forward_from` skips the blocks before its start layer (HookedTransformer only)."""
-        return self.backend == "hooked"
+        """Whether :meth:`forward_from` skips the blocks before its start layer.
+
+        Only on a ``HookedTransformer`` whose ``start_at_layer`` entry is exactly the full forward
+        from that layer's residual: not for shortformer positions (the positional embedding is fed
+        to every block, and ``start_at_layer`` drops it), and not where the forward builds an
+        attention mask from the tokens (a left-padding tokenizer), which ``start_at_layer`` cannot
+        see. Everywhere else :meth:`forward_from` runs the whole forward, which is always exact.
+        """
+        if self.backend != "hooked" or type(self.tl).__name__ != "HookedTransformer":
+            return False
+        c = self.tl.cfg
+        if str(getattr(c, "positional_embedding_type", "standard")) == "shortformer":
+            return False
+        tok = getattr(self.tl, "tokenizer", None)
+        return not (tok is not None and getattr(tok, "padding_side", "right") == "left")
 
     def forward_from(
         self,
@@ -279,54 +311,48 @@ class HeadModel:
     ) -> Float[torch.Tensor, "batch pos vocab"]:
         """Logits of a forward pass in which blocks before ``layer`` are known to be unchanged.
 
-        ``resid_pre`` is the clean ``blocks.{layer}.hook_resid_pre`` for these tokens. On
-        HookedTransformer the pass starts at ``layer`` from it (``start_at_layer``), so earlier
-        blocks are not recomputed, and with ``positions`` (a 1-D index tensor) only those
-        positions are unembedded: the result is [batch, len(positions), vocab]. The bridge has no
-        entry point that skips blocks (4.x still runs every block, 3.9 refuses), so there the full
-        forward runs on ``tokens``, stopped at the final residual when ``positions`` is given so
-        that only those positions are unembedded. Hooks on layers before ``layer`` do not fire on
-        the hooked path.
+        ``resid_pre`` is the clean ``blocks.{layer}.hook_resid_pre`` for these tokens. Where
+        :attr:`reuses_prefix` holds, the pass starts at ``layer`` from it (``start_at_layer``), so
+        earlier blocks are not recomputed and hooks on them do not fire; elsewhere the full forward
+        runs on ``tokens``. With ``positions`` (a 1-D index tensor) the input of the unembedding
+        is cut to those positions by a hook on ``unembed.hook_in``, so the model's own unembedding and any logit soft cap run on them alone (all of these act position by
+        position): the result is [batch, len(positions), vocab], equal to the full logits there.
         """
-        if not self.reuses_prefix:
-            if positions is None:
-                return self(tokens)
-            resid = self._final_residual_early(tokens)[:, positions]
-            return self.tl.unembed(self.tl.ln_final(resid))
-        start = layer if (resid_pre is not None and layer > 0) else 0
-        if start:
-            if resid_pre.shape[:2] != tokens.shape:
-                raise MechheadsError(
-                    f"resid_pre has shape {tuple(resid_pre.shape)}, tokens {tuple(tokens.shape)}"
-                )
-            x = resid_pre
-        else:
-            x = self._check_tokens(tokens)
-        resid = self.tl(x, start_at_layer=start or None, stop_at_layer=self.cfg.n_layers)
+        hooks, cut_after = [], False
         if positions is not None:
-            resid = resid[:, positions]
-        return self.tl.unembed(self.tl.ln_final(resid))
+            idx = positions
+            if UNEMBED_IN in self._hook_names:
+
+                def cut(x, hook):
+                    return x[:, idx.to(x.device)]
+
+                hooks.append((UNEMBED_IN, cut))
+            else:
+                cut_after = True
+        start = layer if (resid_pre is not None and 0 < layer < self.cfg.n_layers and self.reuses_prefix) else 0
+        if start and resid_pre.shape[:2] != tokens.shape:
+            raise MechheadsError(f"resid_pre has shape {tuple(resid_pre.shape)}, tokens {tuple(tokens.shape)}")
+        with self.hooks(hooks):
+            logits = self.tl(resid_pre, start_at_layer=start) if start else self(tokens)
+        if positions is not None and logits.shape[1] != len(positions):
+            if not cut_after:
+                raise MechheadsError(
+                    f"cutting {self.name!r} to {len(positions)} read positions at {UNEMBED_IN!r} gave logits of "
+                    f"shape {tuple(logits.shape)}: this model's output head is not position-wise"
+                )
+            logits = logits[:, positions.to(logits.device)]
+        return logits
 
     def fused_tail(self) -> FusedTail | None:
         """A :class:`FusedTail` over this model's current weights, or None where the architecture
-        is outside what it reproduces exactly (then use :meth:`forward_from` with hooks)."""
-        return FusedTail.from_model(self)
+        is outside what it reproduces exactly (then use :meth:`forward_from` with hooks).
 
-    def _final_residual_early(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Final residual of a full forward, stopping before the unembedding (by hook, then an
-        exception the hook context unwinds through), so the caller can unembed only what it needs."""
-        box: dict[str, torch.Tensor] = {}
-
-        def grab(x, hook):
-            box["resid"] = x
-            raise _StopForward
-
-        try:
-            with self.hooks([(hook_resid_post(self.cfg.n_layers - 1), grab)]):
-                self(tokens)
-        except _StopForward:
-            pass
-        return box["resid"]
+        Besides the architecture checks, every tail proves itself before it is returned: on a
+        small fixed batch its logits from layer 0, and from the last layer at the last position,
+        must equal the model's own forward (to 1e-5 relative); a tail that does not is declined.
+        """
+        tail = FusedTail.from_model(self)
+        return tail if tail is not None and tail.agrees_with(self) else None
 
     def final_residual(
         self, tokens: Int[torch.Tensor, "batch pos"]
@@ -572,6 +598,24 @@ class FusedTail:
                 x = x + torch.nn.functional.linear(hidden, p.w_out.T, p.b_out)
         out = self._norm(x, self.final_ln) @ self.w_u
         return out if self.b_u is None else out + self.b_u
+
+    @torch.no_grad()
+    def agrees_with(self, model: HeadModel, tol: float = 1e-5) -> bool:
+        """Whether this tail reproduces ``model``'s own forward on a small fixed batch."""
+        c = model.cfg
+        T = min(c.n_ctx, 7)
+        tokens = torch.randint(0, c.d_vocab, (2, T), generator=torch.Generator().manual_seed(0))
+        last = c.n_layers - 1
+        names = [hook_resid_pre(0), hook_resid_pre(last), hook_z(last)]
+        want, cache = model.run_with_cache(tokens, names)
+        scale = max(1.0, want.abs().max().item())
+        pos = torch.tensor([T - 1], device=want.device)
+        got_all = self.run(cache[names[0]], 0)
+        got_last = self.run(cache[names[1]], last, None, cache[names[2]], pos)
+        if got_all.shape != want.shape or got_last.shape != want[:, -1:].shape:
+            return False
+        err = max((got_all - want).abs().max().item(), (got_last - want[:, -1:]).abs().max().item())
+        return err <= tol * scale
 
     # ----- construction from a backend ---------------------------------------------------------
     @classmethod
