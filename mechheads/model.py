@@ -315,8 +315,9 @@ class HeadModel:
         :attr:`reuses_prefix` holds, the pass starts at ``layer`` from it (``start_at_layer``), so
         earlier blocks are not recomputed and hooks on them do not fire; elsewhere the full forward
         runs on ``tokens``. With ``positions`` (a 1-D index tensor) the input of the unembedding
-        is cut to those positions by a hook on ``unembed.hook_in``, so the model's own unembedding and any logit soft cap run on them alone (all of these act position by
-        position): the result is [batch, len(positions), vocab], equal to the full logits there.
+        is cut to those positions by a hook on ``unembed.hook_in``, so the model's own
+        unembedding and any logit soft cap run on them alone (both act position by position;
+        where the model has no such hook the full logits are sliced): the result is [batch, len(positions), vocab], equal to the full logits there.
         """
         hooks, cut_after = [], False
         if positions is not None:

@@ -14,8 +14,8 @@ import functools
 
 import pytest
 import torch
-
 from conformance_models import HF_NAMES, HT_CONFIGS, VOCAB, build, expected_path
+
 from mechheads.ablation import Ablation, evaluate_masks, sweep_heads
 from mechheads.attribution import attribution_patching, gradient_importance, integrated_gradients
 from mechheads.cascades import head_effects, head_effects_naive
