@@ -173,7 +173,13 @@ class HeadModel:
                 f"model {self.name!r} has no attention heads (n_layers={c.n_layers}, n_heads={c.n_heads})"
             )
         self._hook_names = frozenset(tl_model.hook_dict.keys())
-        if backend == "bridge" and self.cfg.attention_dir == "causal" and not _looks_causal(tl_model):
+        native = type(getattr(tl_model, "original_model", None)).__name__ == "NativeModel"
+        if (
+            backend == "bridge"
+            and not native
+            and self.cfg.attention_dir == "causal"
+            and not _looks_causal(tl_model)
+        ):
             # TransformerLens 3.9's bridge reports encoders such as BERT as causal: trust the model
             self.cfg = dataclasses.replace(self.cfg, attention_dir="bidirectional")
 
@@ -330,9 +336,13 @@ class HeadModel:
                 hooks.append((UNEMBED_IN, cut))
             else:
                 cut_after = True
-        start = layer if (resid_pre is not None and 0 < layer < self.cfg.n_layers and self.reuses_prefix) else 0
+        start = (
+            layer if (resid_pre is not None and 0 < layer < self.cfg.n_layers and self.reuses_prefix) else 0
+        )
         if start and resid_pre.shape[:2] != tokens.shape:
-            raise MechheadsError(f"resid_pre has shape {tuple(resid_pre.shape)}, tokens {tuple(tokens.shape)}")
+            raise MechheadsError(
+                f"resid_pre has shape {tuple(resid_pre.shape)}, tokens {tuple(tokens.shape)}"
+            )
         with self.hooks(hooks):
             logits = self.tl(resid_pre, start_at_layer=start) if start else self(tokens)
         if positions is not None and logits.shape[1] != len(positions):

@@ -198,8 +198,18 @@ def _noise_generator(seed: int, penalty: float) -> torch.Generator:
 
 
 def copy_model(model: HeadModel) -> HeadModel:
-    """An independent copy of ``model`` (weights deep-copied; the tokenizer is shared)."""
-    return HeadModel(copy.deepcopy(model.tl), model.backend, model.tokenizer, model.name)
+    """An independent copy of ``model`` (weights deep-copied; the tokenizer is shared).
+
+    Tensors that a backend keeps from its last forward (TransformerBridge stores, e.g., the
+    pre-norm residual on its attention modules) may be part of an autograd graph, which
+    ``deepcopy`` refuses: the copy gets them detached.
+    """
+    memo: dict[int, object] = {}
+    for mod in model.tl.modules():
+        for value in vars(mod).values():
+            if isinstance(value, torch.Tensor) and value.grad_fn is not None:
+                memo[id(value)] = value.detach().clone()
+    return HeadModel(copy.deepcopy(model.tl, memo), model.backend, model.tokenizer, model.name)
 
 
 @dataclass

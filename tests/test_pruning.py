@@ -360,3 +360,14 @@ def test_other_bad_arguments_name_what_is_valid():
             model, batch, (0.1,), config=FAST, metric="bleu", higher_is_better=True, progress=False
         )
     assert model.n_attached_hooks() == 0
+
+
+def test_train_model_after_a_forward_on_the_bridge(backend):
+    # TransformerBridge keeps tensors of its last forward on its modules; copying must not trip on them
+    model = build_model(TINY, perturbed_state(TINY), backend=backend)
+    model(tiny_batch().tokens).sum().backward()  # a forward with autograd, as a user's baseline may be
+    cfg = PruningConfig(n_steps=2, batch_size=8, model_lr=1e-2)
+    res = learned_pruning(
+        model, tiny_batch(), (0.01, 0.1), config=cfg, metric="nll", train_model=True, progress=False
+    )
+    assert len(res.models) == 2 and all(m is not model for m in res.models)
