@@ -1,0 +1,200 @@
+"""Real-tokenizer inputs: a byte-level BPE tokenizer trained offline on text written here, prompts
+of unequal token length in one right-padded batch, resample ablation and patching between prompts
+of different lengths, mean ablation and the BOS position, and the input checks that go with them.
+
+The tokenizer is trained at test time (a few milliseconds) on sentences made from the word lists of
+:mod:`mechheads.tasks.words`: the ten names of ``FREQUENT`` occur often enough to become single
+tokens (`` Mary``), the other names stay split into several (`` Peter`` -> `` P``, ``et``, ``er``).
+The tests derive what they need from the tokenizer itself rather than from fixed token ids.
+"""
+
+import numpy as np
+import pytest
+from conftest import perturbed_state
+
+from mechheads import ArchConfig, MechheadsError, Task, build_model, wrap
+from mechheads.patching import patch_heads
+from mechheads.tasks import METRICS, words
+from mechheads.tokenizer import HFTokenizer, WordTokenizer
+
+FREQUENT = words.NAMES[:10]
+RARE = words.NAMES[10:]
+CFG = ArchConfig(n_layers=2, n_heads=3, d_model=24, d_head=8, d_vocab=400, n_ctx=48, d_mlp=32)
+
+
+def corpus() -> list[str]:
+    """A few kilobytes of text: the function-task pairs once, IOI sentences over FREQUENT thrice."""
+    texts = [f"Q: {k}\nA: {v}\n\n" for m in words.FUNCTION_TASKS.values() for k, v in sorted(m.items())]
+    rot = FREQUENT[1:] + FREQUENT[:1]
+    texts += [
+        f"When {a} and {b} went to the {p} , {b} gave a {o} to {a}"
+        for a, b, p, o in zip(FREQUENT, rot, words.PLACES, words.OBJECTS, strict=True)
+    ] * 3
+    return texts + list(words.INSTRUCTIONS.values())
+
+
+def train_core(vocab_size: int = 400):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<bos>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    core.train_from_iterator(corpus(), trainer)
+    return core
+
+
+def fast(core, **kwargs):
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_object=core, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def bpe_hf():
+    return fast(train_core(), bos_token="<bos>", pad_token="<pad>")
+
+
+@pytest.fixture
+def bpe(bpe_hf):
+    return HFTokenizer(bpe_hf)
+
+
+@pytest.fixture
+def lm(backend, bpe):
+    return wrap(build_model(CFG, perturbed_state(CFG), backend=backend).tl, tokenizer=bpe, name="bpe-lm")
+
+
+def n_tokens(tok, text: str) -> int:
+    return len(tok.encode(text))
+
+
+# ----- 1. the tokenizer ------------------------------------------------------------------------------
+def test_trained_bpe_has_single_and_multi_token_names(bpe):
+    assert bpe.vocab_size == 400 and (bpe.bos_id, bpe.pad_id) == (0, 1)
+    assert all(n_tokens(bpe, " " + n) == 1 for n in FREQUENT)
+    assert all(n_tokens(bpe, " " + n) > 1 for n in RARE)
+
+
+def test_encode_adds_no_special_tokens_even_when_the_tokenizer_would(bpe_hf):
+    from tokenizers import Tokenizer, processors
+
+    core = Tokenizer.from_str(bpe_hf.backend_tokenizer.to_str())
+    core.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 0)])
+    hf = fast(core, bos_token="<bos>", pad_token="<pad>")
+    assert hf.encode(" Mary")[0] == 0  # the Hugging Face call adds BOS
+    tok = HFTokenizer(hf)
+    assert tok.encode(" Mary") == HFTokenizer(bpe_hf).encode(" Mary") and 0 not in tok.encode(" Mary")
+    batch = tokenize(tok, ["When Mary and John went to the store , John gave a drink to"], [" Mary"])
+    assert batch.tokens[0].tolist().count(0) == 1 and batch.tokens[0, 0] == 0  # one BOS, mechheads'
+
+
+def tokenize(tok, prompts, targets, alts=None):
+    from mechheads.tasks.core import tokenize_pairs
+
+    return tokenize_pairs(tok, prompts, targets, alts, n_ctx=CFG.n_ctx)
+
+
+def test_decode_inverts_encode_and_str_tokens_are_readable(bpe_hf, lm):
+    texts = [
+        "When Mary and John went to the store , John gave a drink to Mary",
+        "Q: school\nA: école\n\n",
+        "a  b , c .",
+    ]
+    for text in texts:
+        assert HFTokenizer(bpe_hf).decode(HFTokenizer(bpe_hf).encode(text)) == text
+    # a tokenizer whose decode cleans up spaces before punctuation ("store , John" -> "store, John")
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {w: i for i, w in enumerate(["<bos>", "<unk>", "store", ",", "John", "."])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    cleaning = fast(core, bos_token="<bos>", unk_token="<unk>", clean_up_tokenization_spaces=True)
+    ids = HFTokenizer(cleaning).encode("store , John .")
+    assert cleaning.decode(ids) == "store, John."  # what the adapter protects against
+    assert HFTokenizer(cleaning).decode(ids) == "store , John ."
+    # string tokens: BOS, then pieces that concatenate back to the text; no replacement characters
+    tokens = lm.to_tokens(texts[0])[0]
+    strs = lm.to_str_tokens(tokens)
+    assert strs[0] == "<bos>" and "".join(strs[1:]) == texts[0] and " Mary" in strs
+    e_acute = bpe_hf.encode("é", add_special_tokens=False)
+    shown = [lm.tokenizer.id_to_str(i) for i in e_acute]
+    assert shown in (["é"], ["\\xc3", "\\xa9"])  # a split character shows its bytes
+    for i in range(lm.tokenizer.vocab_size):
+        s = lm.tokenizer.id_to_str(i)
+        assert s and "\ufffd" not in s, i
+    assert lm.tokenizer.id_to_str(400) == "#400"  # a padded embedding's ids past the tokenizer
+    with pytest.raises(MechheadsError, match=r"token id -1 out of range: valid ids are 0..399"):
+        lm.tokenizer.id_to_str(-1)
+
+
+def test_a_tokenizer_without_bos(bpe_hf):
+    tok = HFTokenizer(fast(train_core(), pad_token="<pad>"))
+    assert tok.bos_id is None
+    batch = tokenize(tok, ["When Mary and John"], [" went"])
+    assert batch.tokens[0].tolist() == tok.encode("When Mary and John went")
+    assert int(batch.prompt_lengths[0]) == n_tokens(tok, "When Mary and John")
+
+
+def test_leading_space_of_targets(bpe):
+    prompt = "Q: France\nA:"
+    batch = tokenize(bpe, [prompt, prompt], [" Paris", "Paris"], [" Rome", " Berlin"])
+    spaced, bare = bpe.encode(" Paris"), bpe.encode("Paris")
+    assert spaced != bare  # the leading space belongs to the answer's first token
+    n = n_tokens(bpe, prompt) + 1
+    assert batch.tokens[0, : n + len(spaced)].tolist() == [0, *bpe.encode(prompt + " Paris")]
+    assert batch.tokens[0, n:].tolist() == spaced and batch.tokens[1, n : n + len(bare)].tolist() == bare
+    assert batch.target_lengths.tolist() == [len(spaced), len(bare)]
+    assert batch.alt_target_lengths.tolist() == [n_tokens(bpe, " Rome"), n_tokens(bpe, " Berlin")]
+    # the space at the end of the prompt would be a token the model never sees before " Paris" in text
+    with pytest.raises(
+        MechheadsError, match=r"item 1: .*ends with whitespace: move it to the start of the target"
+    ):
+        tokenize(bpe, [prompt, prompt + " "], [" Paris", "Paris"])
+    # a prompt cut inside a token ("When" is one token) is refused as well
+    assert n_tokens(bpe, "When") == 1
+    with pytest.raises(
+        MechheadsError, match=r"item 0: the tokenizer merges prompt and target.*End the prompt"
+    ):
+        tokenize(bpe, ["Whe"], ["n Mary"])
+    with pytest.raises(MechheadsError, match=r"item 0: .*ends with whitespace"):
+        tokenize(bpe, ["Q: France\nA: "], ["Paris"], ["Rome"])
+    # the word tokenizer keeps its rule: spaces only separate tokens
+    word = WordTokenizer(["Q", ":", "A", "France", "Paris", "\n"])
+    assert tokenize(word, ["Q: France\nA: "], ["Paris"]).tokens[0].tolist()[-1] == word.index["Paris"]
+
+
+def test_multi_token_targets(lm, bpe):
+    task = Task(
+        "capitals",
+        ["Q: Iceland\nA:", "Q: Norway\nA:", "When Anna and Mary went to the park , Anna gave a map to"],
+        [" Reykjavik", " Oslo and more", " Mary"],
+        alt_targets=[" Oslo", " Mary", " Peter"],
+    )
+    batch = task.batch(lm)
+    assert batch.target_lengths.tolist() == [n_tokens(bpe, t) for t in task.targets]
+    assert batch.target_lengths[0] > 1 and batch.target_lengths[2] == 1
+    logits = lm(batch.tokens).detach().double()
+    for b, target in enumerate(task.targets):
+        start, ids = int(batch.prompt_lengths[b]), bpe.encode(target)
+        lp = logits[b].log_softmax(-1)
+        want = sum(float(lp[start - 1 + j, t]) for j, t in enumerate(ids))
+        got = METRICS["logprob"](logits, batch, reduce="none")[b].item()
+        assert abs(got - want) < 1e-4
+        assert abs(METRICS["nll"](logits, batch, reduce="none")[b].item() + want / len(ids)) < 1e-4
+        first = float(lp[start - 1, ids[0]])
+        assert abs(METRICS["first_logprob"](logits, batch, reduce="none")[b].item() - first) < 1e-4
+    # first-token metrics refuse multi-token answers where they would silently score a prefix
+    with pytest.raises(MechheadsError, match=r"metric 'prob' reads only the first answer token.*item 0"):
+        patch_heads(lm, task, task, metric="prob", progress=False)
+    res = patch_heads(lm, task, task, metric="logprob", progress=False)
+    assert np.abs(res.table.delta).max() < 1e-5
+    single = task.subset([2])
+    patch_heads(lm, single, single, metric="prob", progress=False)
+    with pytest.raises(MechheadsError, match=r"1 destination counterfactual answer\(s\) have several tokens"):
+        patch_heads(lm, single, single, metric="logit_diff", progress=False)
