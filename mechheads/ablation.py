@@ -497,6 +497,7 @@ def _orientation(metric: str | Metric, higher_is_better: bool | None) -> bool:
     if higher_is_better is not None:
         return higher_is_better
     if isinstance(metric, str):
+        get_metric(metric)  # an unknown name: the error lists the valid ones
         return HIGHER_IS_BETTER[metric]
     raise MechheadsError("for a metric callable, say higher_is_better=True or False")
 

@@ -13,7 +13,10 @@ import pytest
 from conftest import perturbed_state
 
 from mechheads import ArchConfig, MechheadsError, Task, build_model, wrap
+from mechheads.ablation import sweep_heads
+from mechheads.ablation_curves import cumulative_ablation, pairwise_interactions
 from mechheads.patching import patch_heads
+from mechheads.report import ReportConfig
 from mechheads.tasks import METRICS, words
 from mechheads.tokenizer import HFTokenizer, WordTokenizer
 
@@ -198,3 +201,18 @@ def test_multi_token_targets(lm, bpe):
     patch_heads(lm, single, single, metric="prob", progress=False)
     with pytest.raises(MechheadsError, match=r"1 destination counterfactual answer\(s\) have several tokens"):
         patch_heads(lm, single, single, metric="logit_diff", progress=False)
+
+
+# ----- 5. small defects -----------------------------------------------------------------------------
+def test_unknown_metric_names_are_mechheads_errors(lm):
+    task = Task("t", ["When Mary and John went to the park , John gave a map to"], [" Mary"])
+    calls = [
+        lambda: sweep_heads(lm, task, metric="acc", progress=False),
+        lambda: cumulative_ablation(lm, task, ["L0H0"], metric="acc", progress=False),
+        lambda: pairwise_interactions(lm, task, ["L0H0", "L1H0"], metric="acc"),
+        lambda: ReportConfig(metric="acc"),
+        lambda: ReportConfig(patch_metric="acc"),
+    ]
+    for call in calls:
+        with pytest.raises(MechheadsError, match=r"'acc'.*\['accuracy', 'first_logprob', 'logit_diff'"):
+            call()
