@@ -60,13 +60,15 @@ class Ablation:
     or :meth:`resample`.
 
     ``values`` holds, per layer, the mean ``z`` ([head, d_head], or [pos, head, d_head] per
-    position) or the resampled source ``z`` ([batch, pos, head, d_head]).
+    position) or the resampled source ``z`` ([batch, pos, head, d_head]). ``lengths`` holds the
+    resample source rows' token lengths (None: already aligned to the evaluated batch).
     """
 
     method: Method
     alpha: float = 0.0
     values: dict[int, torch.Tensor] | None = None
     per_position: bool = False
+    lengths: torch.Tensor | None = None
 
     @property
     def label(self) -> str:
@@ -113,9 +115,15 @@ class Ablation:
         batch=None,
         seed: int = 0,
     ) -> Ablation:
-        """``z`` from another run: ``source`` prompts (same [batch, pos] shape as the evaluated
-        batch, e.g. a corrupted batch), or, with ``batch=`` and no source, the batch's own prompts
-        shuffled so that no prompt receives its own activations."""
+        """``z`` from another run: ``source`` prompts (one per evaluated prompt, each with the same
+        token length as the prompt it pairs with, e.g. a corrupted batch), or, with ``batch=`` and
+        no source, the batch's own prompts shuffled so that no prompt receives its own activations
+        and every prompt receives those of a prompt of its own token length.
+
+        The source's ``z`` replaces the evaluated ``z`` position by position, so a source prompt of
+        another token length would hand over padding activations (or lose its last tokens): that is
+        refused when the ablation is applied. A raw token tensor counts as unpadded rows.
+        """
         if source is None:
             if batch is None:
                 raise MechheadsError(
@@ -125,17 +133,37 @@ class Ablation:
             n = len(b)
             if n < 2:
                 raise MechheadsError("resampling within a batch needs at least 2 prompts")
-            g = torch.Generator().manual_seed(seed)
-            perm = (torch.arange(n) + torch.randint(1, n, (1,), generator=g)) % n  # a derangement
+            lengths = b.lengths.cpu()
+            perm = _derangement(lengths, seed)
             tokens = b.tokens[perm.to(b.tokens.device)]
+            lengths = lengths[perm]
         elif isinstance(source, torch.Tensor):
             tokens = source.to(model.device)
+            lengths = torch.full((tokens.shape[0],), tokens.shape[-1]) if tokens.ndim == 2 else None
         else:
-            tokens = as_batch(model, source).tokens
+            sb = as_batch(model, source)
+            tokens, lengths = sb.tokens, sb.lengths.cpu()
         _, cache = model.run_with_cache(tokens, [hook_z(layer) for layer in range(model.cfg.n_layers)])
-        return cls("resample", values={layer: cache[hook_z(layer)] for layer in range(model.cfg.n_layers)})
+        values = {layer: cache[hook_z(layer)] for layer in range(model.cfg.n_layers)}
+        return cls("resample", values=values, lengths=lengths)
 
-    def check_fits(self, tokens: torch.Tensor) -> None:
+    def check_fits(self, model: HeadModel, batch: TokenBatch | torch.Tensor) -> None:
+        """Refuse (with :class:`MechheadsError`) an ablation that cannot apply to ``batch`` on ``model``:
+        values computed on a model of another shape, a resample source that does not pair up with
+        the batch prompt by prompt and position by position (same per-prompt token lengths), a
+        per-position mean shorter than the batch.
+
+        ``batch`` is the evaluated :class:`TokenBatch` (a raw token tensor counts as unpadded rows).
+        """
+        if isinstance(batch, TokenBatch):
+            tokens, lengths = batch.tokens, batch.lengths.cpu()
+        elif isinstance(batch, torch.Tensor) and batch.ndim == 2:
+            tokens, lengths = batch, torch.full((batch.shape[0],), batch.shape[1])
+        else:
+            raise MechheadsError(
+                f"check_fits needs the evaluated TokenBatch (or tokens [batch, pos]), got {type(batch).__name__}"
+            )
+        self._check_model(model)
         if self.method == "resample":
             src = self.values[0].shape[:2]
             if tuple(src) != tuple(tokens.shape):
@@ -143,9 +171,38 @@ class Ablation:
                     f"resample source has shape [batch, pos] = {list(src)} but the evaluated batch has "
                     f"{list(tokens.shape)}: the source must pair up with the batch prompt by prompt"
                 )
+            if self.lengths is not None:
+                diff = (self.lengths.cpu() != lengths).nonzero().flatten().tolist()
+                if diff:
+                    b = diff[0]
+                    raise MechheadsError(
+                        f"resample ablation replaces z position by position, but {len(diff)} source prompt(s) "
+                        f"have another token length than the evaluated prompt they pair with (first: prompt {b}, "
+                        f"source {int(self.lengths[b])} tokens, evaluated {int(lengths[b])}): a shorter source "
+                        "would hand over padding activations. Pair each prompt with a source of the same token "
+                        "length (e.g. corrupted prompts whose names or words tokenize to as many tokens), or "
+                        "patch by role with mechheads.patching.patch_heads(..., positions='last')"
+                    )
         if self.method == "mean" and self.per_position and self.values[0].shape[0] < tokens.shape[1]:
             raise MechheadsError(
                 f"per-position mean covers {self.values[0].shape[0]} positions, the batch has {tokens.shape[1]}"
+            )
+
+    def _check_model(self, model: HeadModel) -> None:
+        if self.values is None:
+            return
+        L, H, dh = model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_head
+        shapes = {tuple(v.shape[-2:]) for v in self.values.values()}
+        if sorted(self.values) != list(range(L)) or shapes != {(H, dh)}:
+            if len(shapes) == 1:
+                ((h, d),) = shapes
+                got = f"{len(self.values)} layers of {h} heads with d_head {d}"
+            else:
+                got = f"{len(self.values)} layers of [head, d_head] shapes {sorted(shapes)}"
+            raise MechheadsError(
+                f"this {self.label} ablation was computed on a model with {got}, but it is applied to model "
+                f"{model.name!r} with {L} layers of {H} heads with d_head {dh}: build it with the model it is "
+                "applied to (Ablation.mean(model, ...) or Ablation.resample(model, ...))"
             )
 
     def new_z(
@@ -167,6 +224,27 @@ class Ablation:
             return v.expand_as(z)
         v = v[:, : z.shape[1]] if positions is None else v[:, positions]
         return v.repeat(n_copies, 1, 1, 1)
+
+
+def _derangement(lengths: torch.Tensor, seed: int) -> torch.Tensor:
+    """A permutation of the rows moving every row to another row of the same length (a rotation
+    by a seeded offset within each group of equal lengths)."""
+    n = len(lengths)
+    g = torch.Generator().manual_seed(seed)
+    if bool((lengths == lengths[0]).all()):
+        return (torch.arange(n) + torch.randint(1, n, (1,), generator=g)) % n
+    perm = torch.arange(n)
+    for length in sorted(set(lengths.tolist())):
+        idx = (lengths == length).nonzero().flatten()
+        if len(idx) < 2:
+            raise MechheadsError(
+                f"resampling within a batch pairs every prompt with another prompt of the same token length "
+                f"(z is replaced position by position), but prompt {int(idx[0])} is the only one with {length} "
+                "tokens; add prompts of that length, drop it, or pass a source of matching lengths"
+            )
+        shift = int(torch.randint(1, len(idx), (1,), generator=g))
+        perm[idx] = idx[(torch.arange(len(idx)) + shift) % len(idx)]
+    return perm
 
 
 def as_ablation(method: Method | Ablation, alpha: float | None = None) -> Ablation:
@@ -291,7 +369,7 @@ def evaluate_masks(
         raise MechheadsError(f"max_rows must be a positive integer, got {max_rows!r}")
     masks = masks.bool().to(model.device)
     K, B, T = masks.shape[0], len(batch), batch.tokens.shape[1]
-    ablation.check_fits(batch.tokens)
+    ablation.check_fits(model, batch)
     if copy_positions is not None and tuple(copy_positions.shape) != (K, T):
         raise MechheadsError(f"copy_positions must be [{K}, {T}], got {tuple(copy_positions.shape)}")
     metric_fn = get_metric(metric)
@@ -468,6 +546,7 @@ def evaluate_masks_naive(
 ) -> torch.Tensor:
     """Reference implementation: one plain forward per mask. Slow and obviously correct."""
     metric_fn = get_metric(metric)
+    ablation.check_fits(model, batch)
     out = []
     for mask in masks.bool():
         hooks = []

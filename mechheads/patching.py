@@ -325,7 +325,7 @@ def run_patches(
         raise MechheadsError(f"pos_masks must be [{K}, {B}, {T}], got {tuple(pos_masks.shape)}")
     if not isinstance(max_rows, int) or max_rows < 1:
         raise MechheadsError(f"max_rows must be a positive integer, got {max_rows!r}")
-    values.check_fits(batch.tokens)
+    values.check_fits(model, batch)
     fn = item_metric(metric)
     masks, pos_masks = masks.bool().to(model.device), pos_masks.bool().to(model.device)
     # a patch whose positions are empty touches nothing: treat its mask as clean

@@ -10,19 +10,23 @@ The tests derive what they need from the tokenizer itself rather than from fixed
 
 import numpy as np
 import pytest
+import torch
 from conftest import perturbed_state
 
 from mechheads import ArchConfig, MechheadsError, Task, build_model, wrap
-from mechheads.ablation import sweep_heads
-from mechheads.ablation_curves import cumulative_ablation, pairwise_interactions
-from mechheads.patching import patch_heads
+from mechheads.ablation import Ablation, sweep_heads
+from mechheads.ablation_curves import cumulative_ablation, distribution_shift, pairwise_interactions
+from mechheads.cascades import head_effects
+from mechheads.model import hook_z
+from mechheads.patching import patch_heads, patch_heads_naive
 from mechheads.report import ReportConfig
-from mechheads.tasks import METRICS, words
+from mechheads.tasks import METRICS, ioi_pair, ioi_task, words
 from mechheads.tokenizer import HFTokenizer, WordTokenizer
 
 FREQUENT = words.NAMES[:10]
 RARE = words.NAMES[10:]
 CFG = ArchConfig(n_layers=2, n_heads=3, d_model=24, d_head=8, d_vocab=400, n_ctx=48, d_mlp=32)
+OTHER = ArchConfig(n_layers=3, n_heads=2, d_model=24, d_head=6, d_vocab=400, n_ctx=48, d_mlp=32)
 
 
 def corpus() -> list[str]:
@@ -203,9 +207,160 @@ def test_multi_token_targets(lm, bpe):
         patch_heads(lm, single, single, metric="logit_diff", progress=False)
 
 
+def test_ioi_with_multi_token_names(lm, bpe):
+    task = ioi_task(16, seed=0)
+    batch = task.batch(lm)
+    assert len(set(batch.lengths.tolist())) > 1  # ragged: the names differ in token count
+    assert min(batch.target_lengths) == 1 and max(batch.target_lengths) > 1
+    for b, (p, t) in enumerate(zip(task.prompts, task.targets, strict=True)):
+        n, m = int(batch.prompt_lengths[b]), int(batch.target_lengths[b])
+        strs = lm.to_str_tokens(batch.tokens[b, : n + m])
+        assert strs[0] == "<bos>" and "".join(strs[1:n]) == p and "".join(strs[n:]) == t
+    clean, corrupted = ioi_pair(16, seed=0)
+    cb, kb = clean.batch(lm), corrupted.batch(lm)
+    assert bool((cb.lengths != kb.lengths).any())
+    # by index: refused; by role: paired on each side
+    with pytest.raises(MechheadsError, match="different tokenised lengths"):
+        patch_heads(lm, corrupted, clean, positions=[1, 2], metric="logprob", progress=False)
+    fast_res = patch_heads(
+        lm, corrupted, clean, positions="last", metric="logprob", heads=["L0H1", "L1H2"], progress=False
+    )
+    slow = patch_heads_naive(lm, corrupted, clean, positions="last", metric="logprob", heads=["L0H1", "L1H2"])
+    assert np.abs(fast_res.per_item - slow).max() < 1e-4
+    # resample ablation pairs position by position: refused, naming the first mismatched prompt
+    b = int((cb.lengths != kb.lengths).nonzero()[0])
+    msg = rf"first: prompt {b}, source {int(cb.lengths[b])} tokens, evaluated {int(kb.lengths[b])}"
+    with pytest.raises(MechheadsError, match=msg):
+        sweep_heads(lm, corrupted, Ablation.resample(lm, clean), metric="logprob", progress=False)
+
+
+# ----- 2. every metric and every ablation on a ragged batch ------------------------------------------
+def ragged_task(n=4, seed=0, names=None):
+    """IOI-like prompts with single-token answers (FREQUENT names) and rare, multi-token names
+    elsewhere, so that rows differ in length; ``names`` fixes the (io, s) pairs."""
+    rng = np.random.default_rng(seed)
+    prompts, targets, alts, pairs = [], [], [], []
+    for i in range(n):
+        io, s = names[i] if names else rng.choice(FREQUENT, 2, replace=False)
+        extra = " ".join(RARE[j] for j in range(i % 3 + 1))
+        prompts.append(f"{extra} came . When {io} and {s} went to the park , {s} gave a map to")
+        targets.append(f" {io}")
+        alts.append(f" {s}")
+        pairs.append((io, s))
+    return Task("ragged", prompts, targets, alt_targets=alts), pairs
+
+
+def row_metric(name, i):
+    def fn(logits, batch):
+        return METRICS[name](logits, batch, reduce="none")[i]
+
+    return fn
+
+
+def test_every_metric_and_ablation_reads_each_row_as_if_alone(lm):
+    """Each row of a right-padded batch scores as the same prompt run alone (unpadded), for every
+    metric and every kind of ablation, on the fused and the hook path and through a callable."""
+    n = 3
+    task, pairs = ragged_task(n)
+    batch = task.batch(lm)
+    assert len(set(batch.lengths.tolist())) == n and batch.target_lengths.tolist() == [1] * n
+    # a source with the same token length prompt by prompt: both names replaced by two others
+    swapped = [
+        (FREQUENT[(FREQUENT.index(a) + 3) % 10], FREQUENT[(FREQUENT.index(b) + 3) % 10]) for a, b in pairs
+    ]
+    source, _ = ragged_task(n, names=swapped)
+    assert source.batch(lm).lengths.tolist() == batch.lengths.tolist()
+    reference, _ = ragged_task(6, seed=1)
+    ablations = {
+        "zero": Ablation.zero(),
+        "scale": Ablation.scale(0.5),
+        "mean": Ablation.mean(lm, reference),
+        "mean(per-position)": Ablation.mean(lm, task, per_position=True),
+        "resample": Ablation.resample(lm, source),
+    }
+    heads = ["L0H2", "L1H1"]
+    alone_batches = [task.subset([i]).batch(lm) for i in range(n)]
+    assert all(len(b.tokens[0]) == int(b.lengths[0]) for b in alone_batches)  # no padding alone
+    with torch.no_grad():
+        logits = lm(batch.tokens)
+        alone_logits = [lm(b.tokens) for b in alone_batches]
+    for metric in METRICS:
+        together = METRICS[metric](logits, batch, reduce="none")
+        alone = torch.cat(
+            [METRICS[metric](lg, b, reduce="none") for lg, b in zip(alone_logits, alone_batches, strict=True)]
+        )
+        assert torch.allclose(together, alone, atol=1e-5), metric
+        for label, abl in ablations.items():
+            per_row = np.stack(
+                [
+                    sweep_heads(
+                        lm,
+                        task.subset([i]),
+                        Ablation.resample(lm, source.subset([i])) if label == "resample" else abl,
+                        metric=metric,
+                        heads=heads,
+                        progress=False,
+                    ).table.value.to_numpy()
+                    for i in range(n)
+                ]
+            )  # [row, head], each prompt alone
+            for fused in (True, False):
+                both = sweep_heads(lm, task, abl, metric=metric, heads=heads, fused=fused, progress=False)
+                assert np.abs(both.table.value.to_numpy() - per_row.mean(0)).max() < 1e-4, (
+                    metric,
+                    label,
+                    fused,
+                )
+            for i in range(n):
+                row = row_metric(metric, i)
+                one = sweep_heads(
+                    lm, task, abl, metric=row, higher_is_better=True, heads=heads, progress=False
+                )
+                assert np.abs(one.table.value.to_numpy() - per_row[i]).max() < 1e-4, (metric, label, i)
+
+
+# ----- 3. resample and patching between prompts of different lengths ---------------------------------
+def test_resample_refuses_sources_of_other_lengths(lm):
+    task, pairs = ragged_task(4)
+    batch = task.batch(lm)
+    longer = [(a, "Peter") if i == 2 else (a, b) for i, (a, b) in enumerate(pairs)]  # " Peter": 3 tokens
+    source, _ = ragged_task(4, names=longer)
+    sb = source.batch(lm)
+    assert int(sb.lengths[2]) > int(batch.lengths[2]) and (sb.lengths != batch.lengths).sum() == 1
+    if sb.tokens.shape == batch.tokens.shape:
+        want = rf"1 source prompt\(s\) .*first: prompt 2, source {int(sb.lengths[2])} tokens, evaluated {int(batch.lengths[2])}"
+    else:
+        want = "resample source has shape"
+    with pytest.raises(MechheadsError, match=want):
+        sweep_heads(lm, task, Ablation.resample(lm, source), progress=False)
+    # a raw token tensor is taken as unpadded rows: it cannot pair with padded prompts
+    with pytest.raises(MechheadsError, match=r"first: prompt \d, source \d+ tokens, evaluated \d+"):
+        sweep_heads(lm, task, Ablation.resample(lm, torch.zeros_like(batch.tokens)), progress=False)
+    # with the lengths right, a TokenBatch source works like the Task
+    fine = Ablation.resample(lm, task.subset([1, 0, 3, 2]).batch(lm).index([1, 0, 3, 2]))
+    sweep_heads(lm, task, fine, heads=["L0H0"], progress=False)
+
+
+def test_within_batch_shuffle_pairs_prompts_of_equal_length(lm):
+    task, _ = ragged_task(6, names=[(FREQUENT[i], FREQUENT[i + 1]) for i in range(6)])
+    batch = task.batch(lm)
+    lengths = batch.lengths.tolist()
+    assert sorted(lengths.count(n) for n in set(lengths)) == [2, 2, 2]
+    abl = Ablation.resample(lm, batch=task, seed=1)
+    assert abl.lengths.tolist() == lengths
+    _, cache = lm.run_with_cache(batch.tokens, [hook_z(0)])
+    z, got = cache[hook_z(0)], abl.values[0]
+    for r in range(6):
+        match = [s for s in range(6) if torch.equal(got[r], z[s])]
+        assert len(match) == 1 and match[0] != r and lengths[match[0]] == lengths[r]
+    sweep_heads(lm, task, abl, heads=["L1H0"], progress=False)
+    with pytest.raises(MechheadsError, match=r"prompt 2 is the only one with \d+ tokens"):
+        Ablation.resample(lm, batch=task.subset([0, 1, 2, 3, 4]))
+
+
 # ----- 5. small defects -----------------------------------------------------------------------------
 def test_unknown_metric_names_are_mechheads_errors(lm):
-    task = Task("t", ["When Mary and John went to the park , John gave a map to"], [" Mary"])
+    task, _ = ragged_task(2)
     calls = [
         lambda: sweep_heads(lm, task, metric="acc", progress=False),
         lambda: cumulative_ablation(lm, task, ["L0H0"], metric="acc", progress=False),
@@ -216,3 +371,16 @@ def test_unknown_metric_names_are_mechheads_errors(lm):
     for call in calls:
         with pytest.raises(MechheadsError, match=r"'acc'.*\['accuracy', 'first_logprob', 'logit_diff'"):
             call()
+
+
+def test_ablation_values_from_a_model_of_another_shape_are_refused(lm, backend, bpe):
+    task, _ = ragged_task(4)
+    other = build_model(OTHER, perturbed_state(OTHER), backend=backend, tokenizer=bpe)
+    want = r"computed on a model with 3 layers of 2 heads with d_head 6, but it is applied to model 'bpe-lm' with 2 layers of 3 heads with d_head 8"
+    for abl in (Ablation.mean(other, task), Ablation.resample(other, task)):
+        with pytest.raises(MechheadsError, match=want):
+            sweep_heads(lm, task, abl, progress=False)
+        with pytest.raises(MechheadsError, match=want):
+            head_effects(lm, task, abl, progress=False)
+        with pytest.raises(MechheadsError, match=want):
+            distribution_shift(lm, task, ["L0H0"], [abl])
