@@ -61,7 +61,8 @@ class Ablation:
 
     ``values`` holds, per layer, the mean ``z`` ([head, d_head], or [pos, head, d_head] per
     position) or the resampled source ``z`` ([batch, pos, head, d_head]). ``lengths`` holds the
-    resample source rows' token lengths (None: already aligned to the evaluated batch).
+    resample source rows' token lengths (None: already aligned to the evaluated batch);
+    ``bos_values`` the mean ``z`` at the BOS position of a mean built with ``exclude_bos=True``.
     """
 
     method: Method
@@ -69,6 +70,8 @@ class Ablation:
     values: dict[int, torch.Tensor] | None = None
     per_position: bool = False
     lengths: torch.Tensor | None = None
+    bos_values: dict[int, torch.Tensor] | None = None
+    bos_id: int | None = None
 
     @property
     def label(self) -> str:
@@ -76,6 +79,8 @@ class Ablation:
             return f"scale({self.alpha:g})"
         if self.method == "mean" and self.per_position:
             return "mean(per-position)"
+        if self.method == "mean" and self.bos_values is not None:
+            return "mean(no-BOS)"
         return self.method
 
     @classmethod
@@ -90,20 +95,77 @@ class Ablation:
 
     @classmethod
     @torch.no_grad()
-    def mean(cls, model: HeadModel, reference: Task | TokenBatch, per_position: bool = False) -> Ablation:
-        """Mean ``z`` of every head over ``reference`` (its non-padding positions)."""
+    def mean(
+        cls,
+        model: HeadModel,
+        reference: Task | TokenBatch,
+        per_position: bool = False,
+        exclude_bos: bool = False,
+    ) -> Ablation:
+        """Mean ``z`` of every head over ``reference`` (its non-padding positions).
+
+        Args:
+            per_position: one mean per absolute position ([pos, head, d_head]) instead of one
+                mean over every position ([head, d_head]).
+            exclude_bos: leave the BOS positions (position 0 of every reference row that starts
+                with the tokenizer's ``bos_id``) out of the position-agnostic mean, and replace
+                ``z`` at position 0 of the ablated prompts with the mean over those BOS positions
+                instead (in a causal model that is the clean value: position 0 sees only the BOS
+                token, so it carries nothing about the prompt). Only for ``per_position=False``:
+                a per-position mean already keeps position 0 apart.
+
+        Why the option exists: in trained language models many heads put most of their attention
+        on the first token, an "attention sink" (Xiao et al., "Efficient Streaming Language Models
+        with Attention Sinks", 2023), and their output there is far from their output anywhere
+        else, so one BOS row among a dozen tokens can dominate a position-agnostic mean, and
+        writing that mean into the BOS position itself changes what every later token reads from
+        the sink. The default, ``False``, keeps the plain mean over all non-padding positions (the
+        results of the built-in zoo models are unchanged by default); pass ``True`` for pretrained
+        models with a BOS token.
+        """
+        for flag, value in (("per_position", per_position), ("exclude_bos", exclude_bos)):
+            if not isinstance(value, bool):
+                raise MechheadsError(f"{flag} must be True or False, got {value!r}")
+        if exclude_bos and per_position:
+            raise MechheadsError(
+                "exclude_bos=True applies to the position-agnostic mean; a per-position mean already keeps "
+                "position 0 (the BOS position) apart: pass per_position=True or exclude_bos=True, not both"
+            )
         batch = as_batch(model, reference)
+        valid = batch.valid_mask()  # [B, T]
+        bos_id = None
+        is_bos = torch.zeros_like(valid)
+        if exclude_bos:
+            bos_id = getattr(model.tokenizer, "bos_id", None)
+            if bos_id is None:
+                raise MechheadsError(
+                    f"exclude_bos=True needs to know the BOS token, but model {model.name!r} has "
+                    + (
+                        "no tokenizer"
+                        if model.tokenizer is None
+                        else "a tokenizer without a BOS token (bos_id is None)"
+                    )
+                    + "; give the model a tokenizer with a BOS token (wrap(model, tokenizer=...)) or use exclude_bos=False"
+                )
+            is_bos[:, 0] = batch.tokens[:, 0] == bos_id
+            if not bool(is_bos.any()):
+                raise MechheadsError(
+                    f"exclude_bos=True, but no reference prompt starts with the BOS token (id {bos_id}): "
+                    "there is nothing to exclude; use exclude_bos=False"
+                )
         _, cache = model.run_with_cache(batch.tokens, [hook_z(layer) for layer in range(model.cfg.n_layers)])
-        valid = batch.valid_mask().float()  # [B, T]
-        values = {}
+        w = (valid & ~is_bos).float()[:, :, None, None]
+        wb = is_bos.float()[:, :, None, None]
+        values, bos_values = {}, {} if exclude_bos else None
         for layer in range(model.cfg.n_layers):
             z = cache[hook_z(layer)]
-            w = valid[:, :, None, None]
             if per_position:
                 values[layer] = (z * w).sum(0) / w.sum(0).clamp(min=1)  # [T, H, dh]
             else:
-                values[layer] = (z * w).sum((0, 1)) / w.sum()  # [H, dh]
-        return cls("mean", values=values, per_position=per_position)
+                values[layer] = (z * w).sum((0, 1)) / w.sum().clamp(min=1)  # [H, dh]
+            if bos_values is not None:
+                bos_values[layer] = (z * wb).sum((0, 1)) / wb.sum()
+        return cls("mean", values=values, per_position=per_position, bos_values=bos_values, bos_id=bos_id)
 
     @classmethod
     @torch.no_grad()
@@ -151,7 +213,7 @@ class Ablation:
         """Refuse (with :class:`MechheadsError`) an ablation that cannot apply to ``batch`` on ``model``:
         values computed on a model of another shape, a resample source that does not pair up with
         the batch prompt by prompt and position by position (same per-prompt token lengths), a
-        per-position mean shorter than the batch.
+        per-position mean shorter than the batch, a BOS-excluding mean on prompts without BOS.
 
         ``batch`` is the evaluated :class:`TokenBatch` (a raw token tensor counts as unpadded rows).
         """
@@ -187,6 +249,15 @@ class Ablation:
             raise MechheadsError(
                 f"per-position mean covers {self.values[0].shape[0]} positions, the batch has {tokens.shape[1]}"
             )
+        if self.method == "mean" and self.bos_values is not None:
+            starts = tokens[:, 0].cpu()
+            bad = (starts != self.bos_id).nonzero().flatten().tolist()
+            if bad:
+                raise MechheadsError(
+                    f"this mean ablation (exclude_bos=True) gives position 0 the BOS position's own mean, but "
+                    f"{len(bad)} evaluated prompt(s) do not start with the BOS token {self.bos_id} (first: prompt "
+                    f"{bad[0]} starts with {int(starts[bad[0]])}); build it with exclude_bos=False for such prompts"
+                )
 
     def _check_model(self, model: HeadModel) -> None:
         if self.values is None:
@@ -221,7 +292,14 @@ class Ablation:
         if self.method == "mean":
             if self.per_position:
                 v = v[: z.shape[1]] if positions is None else v[positions]
-            return v.expand_as(z)
+            out = v.expand_as(z)
+            if self.bos_values is not None:  # position 0 (the BOS) takes its own mean
+                pos = (
+                    torch.arange(z.shape[1], device=z.device) if positions is None else positions.to(z.device)
+                )
+                at_bos = (pos == 0)[None, :, None, None]
+                out = torch.where(at_bos, self.bos_values[layer].to(z.device, z.dtype), out)
+            return out
         v = v[:, : z.shape[1]] if positions is None else v[:, positions]
         return v.repeat(n_copies, 1, 1, 1)
 

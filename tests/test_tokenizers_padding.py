@@ -13,8 +13,8 @@ import pytest
 import torch
 from conftest import perturbed_state
 
-from mechheads import ArchConfig, MechheadsError, Task, build_model, wrap
-from mechheads.ablation import Ablation, sweep_heads
+from mechheads import ArchConfig, MechheadsError, Task, TokenBatch, build_model, wrap
+from mechheads.ablation import Ablation, sweep_heads, sweep_heads_naive
 from mechheads.ablation_curves import cumulative_ablation, distribution_shift, pairwise_interactions
 from mechheads.cascades import head_effects
 from mechheads.model import hook_z
@@ -276,6 +276,7 @@ def test_every_metric_and_ablation_reads_each_row_as_if_alone(lm):
         "scale": Ablation.scale(0.5),
         "mean": Ablation.mean(lm, reference),
         "mean(per-position)": Ablation.mean(lm, task, per_position=True),
+        "mean(no-BOS)": Ablation.mean(lm, reference, exclude_bos=True),
         "resample": Ablation.resample(lm, source),
     }
     heads = ["L0H2", "L1H1"]
@@ -356,6 +357,55 @@ def test_within_batch_shuffle_pairs_prompts_of_equal_length(lm):
     sweep_heads(lm, task, abl, heads=["L1H0"], progress=False)
     with pytest.raises(MechheadsError, match=r"prompt 2 is the only one with \d+ tokens"):
         Ablation.resample(lm, batch=task.subset([0, 1, 2, 3, 4]))
+
+
+# ----- 4. mean ablation and BOS ---------------------------------------------------------------------
+def test_mean_ablation_with_and_without_the_bos_position(lm):
+    task, _ = ragged_task(4)
+    batch = task.batch(lm)
+    _, cache = lm.run_with_cache(batch.tokens, [hook_z(layer) for layer in range(2)])
+    valid = batch.valid_mask()
+    plain, no_bos = Ablation.mean(lm, task), Ablation.mean(lm, task, exclude_bos=True)
+    assert (plain.label, no_bos.label) == ("mean", "mean(no-BOS)") and plain.bos_values is None
+    content = valid.clone()
+    content[:, 0] = False
+    for layer in range(2):
+        z = cache[hook_z(layer)]
+        assert torch.allclose(plain.values[layer], z[valid].mean(0), atol=1e-6)  # the default: unchanged
+        assert torch.allclose(no_bos.values[layer], z[content].mean(0), atol=1e-6)
+        assert torch.allclose(no_bos.bos_values[layer], z[:, 0].mean(0), atol=1e-6)
+        # causal: position 0 sees only BOS, so its own mean is every prompt's clean value there
+        assert torch.allclose(z[:, 0], no_bos.bos_values[layer].expand_as(z[:, 0]), atol=1e-5)
+    # ablating only the BOS position: the BOS-aware mean changes nothing, the plain mean does
+    kept = sweep_heads(lm, task, no_bos, metric="nll", positions=[0], progress=False)
+    moved = sweep_heads(lm, task, plain, metric="nll", positions=[0], progress=False)
+    assert np.abs(kept.table.delta).max() < 1e-5 and np.abs(moved.table.delta).max() > 1e-4
+    for fused in (True, False):
+        f = sweep_heads(
+            lm, task, no_bos, metric="logprob", fused=fused, progress=False
+        ).table.value.to_numpy()
+        s = sweep_heads_naive(lm, task, no_bos, metric="logprob").value.to_numpy()
+        assert np.abs(f - s).max() < 1e-4
+
+
+def test_mean_exclude_bos_bad_input(lm, backend):
+    task, _ = ragged_task(4)
+    with pytest.raises(MechheadsError, match="exclude_bos must be True or False, got 'yes'"):
+        Ablation.mean(lm, task, exclude_bos="yes")
+    with pytest.raises(MechheadsError, match="per-position mean already keeps position 0"):
+        Ablation.mean(lm, task, per_position=True, exclude_bos=True)
+    bare = build_model(CFG, perturbed_state(CFG), backend=backend)
+    tokens = task.batch(lm).tokens
+    with pytest.raises(MechheadsError, match="has no tokenizer"):
+        Ablation.mean(bare, TokenBatch.from_tokens(tokens), exclude_bos=True)
+    no_bos_tok = HFTokenizer(fast(train_core(), pad_token="<pad>"))
+    with pytest.raises(MechheadsError, match=r"a tokenizer without a BOS token \(bos_id is None\)"):
+        Ablation.mean(wrap(bare.tl, tokenizer=no_bos_tok), task, exclude_bos=True)
+    with pytest.raises(MechheadsError, match="no reference prompt starts with the BOS token"):
+        Ablation.mean(lm, TokenBatch.from_tokens(tokens[:, 1:]), exclude_bos=True)
+    abl = Ablation.mean(lm, task, exclude_bos=True)
+    with pytest.raises(MechheadsError, match=r"do not start with the BOS token 0 \(first: prompt 0"):
+        sweep_heads(lm, TokenBatch.from_tokens(tokens[:, 1:]), abl, progress=False)
 
 
 # ----- 5. small defects -----------------------------------------------------------------------------
