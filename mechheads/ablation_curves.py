@@ -303,7 +303,7 @@ def distribution_shift(
     rows = []
     for item in ablations:
         abl = as_ablation(item)
-        abl.check_fits(batch.tokens)
+        abl.check_fits(model, batch)
         hooks = masked_hooks(model, abl, mask, len(batch))
         with model.hooks(hooks):
             _, ablated = model.run_with_cache(batch.tokens, names)

@@ -198,7 +198,7 @@ def head_effects(
         raise MechheadsError(f"max_rows must be a positive integer, got {max_rows!r}")
     _check_patterns(model)
     abl, batch = as_ablation(ablation, alpha), as_batch(model, task)
-    abl.check_fits(batch.tokens)
+    abl.check_fits(model, batch)
     srcs = _sources(model, sources)
     L, H = model.cfg.n_layers, model.cfg.n_heads
     B = len(batch)
@@ -261,6 +261,7 @@ def head_effects_naive(
     """Reference for :func:`head_effects`: one plain forward per source head, statistics computed
     with explicit loops over the non-padding positions. Same columns."""
     abl, batch = as_ablation(ablation, alpha), as_batch(model, task)
+    abl.check_fits(model, batch)
     srcs = _sources(model, sources)
     L, H = model.cfg.n_layers, model.cfg.n_heads
     names = [n for layer in range(L) for n in (hook_z(layer), hook_pattern(layer))]

@@ -259,13 +259,23 @@ def item_metric(metric: str | ItemMetric) -> ItemMetric:
 
 
 def check_first_token(batch: TokenBatch, metric, what: str = "destination") -> None:
-    """A first-token metric on multi-token answers would silently score a prefix: refuse."""
-    if isinstance(metric, str) and metric in FIRST_TOKEN_METRICS and batch.target_lengths is not None:
-        multi = (batch.target_lengths > 1).nonzero().flatten().tolist()
+    """A first-token metric on multi-token answers would silently score a prefix: refuse.
+
+    ``logit_diff`` also reads the first token of the counterfactual answer, so it needs both
+    answers to be single tokens."""
+    if not (isinstance(metric, str) and metric in FIRST_TOKEN_METRICS):
+        return
+    checks = [("", batch.target_lengths)]
+    if metric == "logit_diff":
+        checks.append(("counterfactual ", batch.alt_target_lengths))
+    for kind, lengths in checks:
+        if lengths is None:
+            continue
+        multi = (lengths > 1).nonzero().flatten().tolist()
         if multi:
             raise MechheadsError(
-                f"metric {metric!r} reads only the first answer token, but {len(multi)} {what} answer(s) have "
-                f"several tokens (first: item {multi[0]}, {int(batch.target_lengths[multi[0]])} tokens). Use "
+                f"metric {metric!r} reads only the first answer token, but {len(multi)} {what} {kind}answer(s) "
+                f"have several tokens (first: item {multi[0]}, {int(lengths[multi[0]])} tokens). Use "
                 "metric='logprob' or 'nll' (every answer token), or single-token answers"
             )
 
@@ -315,7 +325,7 @@ def run_patches(
         raise MechheadsError(f"pos_masks must be [{K}, {B}, {T}], got {tuple(pos_masks.shape)}")
     if not isinstance(max_rows, int) or max_rows < 1:
         raise MechheadsError(f"max_rows must be a positive integer, got {max_rows!r}")
-    values.check_fits(batch.tokens)
+    values.check_fits(model, batch)
     fn = item_metric(metric)
     masks, pos_masks = masks.bool().to(model.device), pos_masks.bool().to(model.device)
     # a patch whose positions are empty touches nothing: treat its mask as clean

@@ -48,6 +48,7 @@ from mechheads.errors import MechheadsError, check_positive_ints
 from mechheads.model import HeadModel
 from mechheads.tasks import generators as gen
 from mechheads.tasks.core import Task
+from mechheads.tasks.metrics import METRICS
 
 if TYPE_CHECKING:
     from mechheads.ablation import AblationResult
@@ -84,6 +85,12 @@ class ReportConfig:
 
     def __post_init__(self):
         check_positive_ints(self, ("n", "chg_seeds", "chg_updates", "chg_batch", "top_heads", "aie_trials"))
+        for name in ("metric", "patch_metric"):
+            v = getattr(self, name)
+            if (v is not None or name == "metric") and not (isinstance(v, str) and v in METRICS):
+                raise MechheadsError(
+                    f"ReportConfig.{name}: unknown metric {v!r}; valid metrics: {sorted(METRICS)}"
+                )
 
 
 @dataclass

@@ -17,7 +17,8 @@ import pandas as pd
 import torch
 from jaxtyping import Bool, Int
 
-from mechheads.errors import MechheadsError, UnknownTokenError
+from mechheads.errors import MechheadsError
+from mechheads.tokenizer import encode_pair
 
 
 @dataclass
@@ -37,6 +38,7 @@ class TokenBatch:
     lengths: Int[torch.Tensor, " batch"]
     alt_first_target: Int[torch.Tensor, " batch"] | None = None
     target_lengths: Int[torch.Tensor, " batch"] | None = None
+    alt_target_lengths: Int[torch.Tensor, " batch"] | None = None
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
@@ -123,7 +125,10 @@ class Task:
     Args:
         name: Short name used in tables and reports.
         prompts: Prompt texts. The model's BOS token is prepended when tokenizing.
-        targets: Target texts; the loss and metrics read these tokens only.
+        targets: Target texts; the loss and metrics read these tokens only. With a subword
+            tokenizer the space before an answer belongs to the answer's first token: write
+            ``("...A:", " Paris")``, not ``("...A: ", "Paris")`` (refused, see
+            :func:`mechheads.tokenizer.encode_pair`).
         alt_targets: Optional counterfactual target per prompt (for ``logit_diff``).
         meta: Optional per-prompt metadata (one row per prompt).
 
@@ -236,20 +241,21 @@ class Task:
 
 
 def tokenize_pairs(tok, prompts, targets, alt_targets=None, *, n_ctx: int, name: str = "task") -> TokenBatch:
-    rows, p_lens, t_lens, alt_first = [], [], [], []
+    """Right-padded :class:`TokenBatch` of BOS + prompt + target per pair (see
+    :func:`mechheads.tokenizer.encode_pair` for how prompt and target tokens are split)."""
+    rows, p_lens, t_lens, alt_first, alt_lens = [], [], [], [], []
     for i, (p, t) in enumerate(zip(prompts, targets, strict=True)):
         try:
-            p_ids = ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(p)
-            t_ids = tok.encode(t)
+            p_ids, t_ids = encode_pair(tok, p, t)
+            p_ids = ([tok.bos_id] if tok.bos_id is not None else []) + p_ids
             if alt_targets is not None:
-                a_ids = tok.encode(alt_targets[i])
+                a_ids = encode_pair(tok, p, alt_targets[i])[1]
                 if not a_ids:
-                    raise MechheadsError(
-                        f"task {name!r}, item {i}: alt target {alt_targets[i]!r} has no tokens"
-                    )
+                    raise MechheadsError(f"alt target {alt_targets[i]!r} has no tokens")
                 alt_first.append(a_ids[0])
-        except UnknownTokenError as e:
-            raise UnknownTokenError(f"task {name!r}, item {i}: {e}") from None
+                alt_lens.append(len(a_ids))
+        except MechheadsError as e:
+            raise type(e)(f"task {name!r}, item {i}: {e}") from None
         if not t_ids:
             raise MechheadsError(
                 f"task {name!r}, item {i}: target {t!r} has no tokens; every item needs a target"
@@ -284,4 +290,5 @@ def tokenize_pairs(tok, prompts, targets, alt_targets=None, *, n_ctx: int, name:
         lengths=torch.tensor([len(r) for r in rows]),
         alt_first_target=torch.tensor(alt_first) if alt_targets is not None else None,
         target_lengths=torch.tensor(t_lens),
+        alt_target_lengths=torch.tensor(alt_lens) if alt_targets is not None else None,
     )

@@ -239,8 +239,11 @@ def induction_pair(n: int = 40, *, seq_len: int = 12, seed: int = 0) -> tuple[Ta
 def ioi_pair(n: int = 60, *, seed: int = 0) -> tuple[Task, Task]:
     """IOI prompts and the same prompts with both names replaced by two other names.
 
-    Same length and structure (names are single words), so positions align; the corrupted
-    prompt carries no information about which clean name is the indirect object.
+    Same length and structure with the zoo's word-level tokenizer (names are single words), so
+    positions align; the corrupted prompt carries no information about which clean name is the
+    indirect object. With a subword tokenizer names can differ in token count: then pair the two
+    by role (``patch_heads(..., positions="last")``); index-based patching and resample ablation
+    refuse prompts of different token lengths.
     """
     clean = ioi_task(n, seed=seed)
     rng = random.Random(f"ioi-corrupt|{seed}")

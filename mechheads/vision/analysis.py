@@ -270,10 +270,13 @@ def ablated_predictions(
         sl = slice(i, i + batch_size)
         chunk_abl = abl
         if abl.method == "resample":  # source activations pair with images: take this chunk's
-            chunk_abl = Ablation("resample", values={layer: v[sl] for layer, v in abl.values.items()})
+            lengths = None if abl.lengths is None else abl.lengths[sl]
+            chunk_abl = Ablation(
+                "resample", values={k: v[sl] for k, v in abl.values.items()}, lengths=lengths
+            )
         with vit.bind(images[sl]) as batch:
             B = len(batch)
-            chunk_abl.check_fits(batch.tokens)
+            chunk_abl.check_fits(body, batch)
             names = [hook_resid_pre(layer) for layer in range(1, L)]
             logits, resid = body.run_with_cache(batch.tokens, names)
             base[sl] = logits[:, 0, :k].cpu()
