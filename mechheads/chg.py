@@ -7,7 +7,9 @@ minimising ``loss − λ · Σ clamp(logit, −4, 4)`` with the task loss read o
 Three phases share one path: λ = 0 from a uniform random start, then G+ (λ > 0, pressure to keep
 gates open) and G− (λ < 0, pressure to shut them), both started from the phase-0 logits.
 
-Scores per head: facilitation = G−, interference = 1 − G+, irrelevance = G+ · (1 − G−).
+Scores per head: facilitation = G−, interference = 1 − G+, irrelevance = G+ · (1 − G−). The role
+(:func:`role_labels`) is the largest score; ``mixed`` where facilitation and interference are
+both ≥ 0.5 (the G+ and G− fits disagree), and ``unclear`` where all three scores are below 0.5.
 
 **The strength of λ is per gate.** The authors' code divides the regulariser by the number of
 gates (a mean over L×H), so a head in a 1,024-head model feels λ/1,024 while a head in a 16-head
@@ -62,7 +64,7 @@ DEFAULT_LAMBDA = 1.5e-4
 
 Phase = Literal["zero", "plus", "minus", "contrastive"]
 Aggregate = Literal["always", "any"]
-ROLES = ("facilitating", "interfering", "irrelevant", "mixed")
+ROLES = ("facilitating", "interfering", "irrelevant", "mixed", "unclear")
 
 
 def per_gate_lambda(lam_mean: float, model: HeadModel) -> float:
@@ -494,9 +496,12 @@ def _seed_head_index(seeds: Sequence[int], L: int, H: int) -> dict[str, np.ndarr
 
 def role_labels(facilitation: np.ndarray, interference: np.ndarray, irrelevance: np.ndarray) -> np.ndarray:
     """The taxonomy label per head: the largest of the three scores; ``mixed`` when facilitation and
-    interference are both ≥ 0.5 (G− open but G+ shut: the two fits disagree)."""
+    interference are both ≥ 0.5 (G− open but G+ shut: the two fits disagree); ``unclear`` when all
+    three scores are below 0.5, so that no role holds with even a one-in-two score (an argmax of,
+    say, interference 0.016 would otherwise read as "interfering")."""
     stack = np.stack([facilitation, interference, irrelevance])
     labels = np.array(ROLES[:3])[stack.argmax(0)]
+    labels = np.where(stack.max(0) < 0.5, "unclear", labels)
     return np.where((facilitation >= 0.5) & (interference >= 0.5), "mixed", labels)
 
 

@@ -361,3 +361,8 @@ def test_zoo_induction_circuit_comes_out_facilitating_in_every_seed():
         [f"L{r.layer}H{r['head']}" in (PREV, CURRENT, *INDUCTION) for _, r in per_seed.iterrows()]
     ]
     assert (circuit.role == "facilitating").all() and circuit.seed.nunique() == 2
+
+
+def test_role_labels_unclear_when_no_score_reaches_one_half():
+    lab = role_labels(np.array([0.2, 0.6]), np.array([0.016, 0.1]), np.array([0.3, 0.2]))
+    assert lab.tolist() == ["unclear", "facilitating"]

@@ -575,7 +575,7 @@ def chg_role_map(
     ax.set_ylabel("layer")
     ax.tick_params(length=0)
     if annotate and "role" in df.columns and L * H <= _ANNOTATE_MAX_CELLS:
-        short = {"facilitating": "F", "interfering": "N", "irrelevant": "·", "mixed": "F+N"}
+        short = {"facilitating": "F", "interfering": "N", "irrelevant": "·", "mixed": "F+N", "unclear": "?"}
         for r in df.itertuples():
             bright = 0.6 * rgb[r.layer, r.head, 1] + 0.3 * rgb[r.layer, r.head, 0] > 0.45
             ax.text(
