@@ -248,7 +248,9 @@ class RegressionLoss:
 class ContrastiveLoss:
     """Contrastive CHG's task term (paper §4.4) on matched (retain, forget) prompt pairs:
     ``−mean(logp_R) + mean(clamp(logp_F − logp_R.detach(), min=−diff_clip))`` with ``logp`` the
-    log-probability of the target sequence."""
+    log-probability of the target tokens averaged per token, as the authors' code computes it
+    (for one-token answers the same as the sequence log-probability; for longer answers the
+    average keeps the clip ``diff_clip`` on the scale of one token whatever the answer's length)."""
 
     def __init__(
         self, model: HeadModel, retain: Task | TokenBatch, forget: Task | TokenBatch, diff_clip: float = 5.0
@@ -269,7 +271,8 @@ class ContrastiveLoss:
 
     def _logp(self, batch: TokenBatch, idx: torch.Tensor, k: int) -> torch.Tensor:
         rep = batch.index(idx).repeat(k)
-        return target_logprob(self.model(rep.tokens), rep, reduce="none").view(k, len(idx))
+        n_tokens = rep.target_mask.sum(-1).clamp(min=1)
+        return (target_logprob(self.model(rep.tokens), rep, reduce="none") / n_tokens).view(k, len(idx))
 
     def __call__(self, idx: torch.Tensor, n_copies: int) -> torch.Tensor:
         lr = self._logp(self.retain, idx, n_copies)

@@ -366,3 +366,20 @@ def test_zoo_induction_circuit_comes_out_facilitating_in_every_seed():
 def test_role_labels_unclear_when_no_score_reaches_one_half():
     lab = role_labels(np.array([0.2, 0.6]), np.array([0.016, 0.1]), np.array([0.3, 0.2]))
     assert lab.tolist() == ["unclear", "facilitating"]
+
+
+def test_contrastive_loss_averages_log_probabilities_per_target_token():
+    from mechheads.chg import ContrastiveLoss
+    from mechheads.tasks.metrics import target_logprob
+
+    model = build_model(TINY, perturbed_state(TINY))
+    g = torch.Generator().manual_seed(4)
+    retain = TokenBatch.from_tokens(torch.randint(0, TINY.d_vocab, (4, 8), generator=g), n_target=3)
+    forget = TokenBatch.from_tokens(torch.randint(0, TINY.d_vocab, (4, 8), generator=g), n_target=3)
+    idx = torch.arange(4)
+    with torch.no_grad():
+        got = ContrastiveLoss(model, retain, forget, diff_clip=0.5)(idx, 1)
+        lr = target_logprob(model(retain.tokens), retain, reduce="none") / 3
+        lf = target_logprob(model(forget.tokens), forget, reduce="none") / 3
+    want = -lr.mean() + (lf - lr).clamp(min=-0.5).mean()
+    assert abs(float(got[0]) - float(want)) < 1e-5
