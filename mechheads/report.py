@@ -15,8 +15,10 @@ as CSV:
 6. function-vector heads (average indirect effect) when the task is a function task;
 7. CircuitsVis attention patterns of the most important heads.
 
-Each finished section is stored under ``<out>/.state`` with a fingerprint of the model, the task and
-the options, so an interrupted run resumes where it stopped (``resume=False`` recomputes). The
+Each finished section is stored as JSON in ``<out>/.state/<section>.json`` (written atomically; see
+:mod:`mechheads._state`) with a fingerprint of the model, the task and the options, so an interrupted
+run resumes where it stopped (``resume=False`` recomputes). A state file that is not such a record
+raises :class:`~mechheads.errors.MechheadsError`; deleting it recomputes that section. The
 report only composes: analyses come from the method modules, pictures from :mod:`mechheads.viz`.
 
 Example:
@@ -31,7 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import html
-import pickle
 import re
 import time
 from collections.abc import Callable
@@ -44,6 +45,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from mechheads import _state
+from mechheads._state import state_error
 from mechheads.errors import MechheadsError, check_positive_ints
 from mechheads.model import HeadModel
 from mechheads.tasks import generators as gen
@@ -52,7 +55,7 @@ from mechheads.tasks.core import Task
 if TYPE_CHECKING:
     from mechheads.ablation import AblationResult
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: sections stored as JSON (1: pickle, no longer read)
 
 
 @dataclass(frozen=True)
@@ -185,22 +188,129 @@ def _fingerprint(model: HeadModel, task: Task, corrupted: Task | None, cfg: Repo
     return h.hexdigest()
 
 
+_SECTION_KIND = "report-section"
+_DTYPES = {"bool", "object", "str", "string", "float32", "float64"} | {
+    f"{u}int{b}" for u in ("", "u") for b in (8, 16, 32, 64)
+}
+_NONFINITE = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
+
+
+def _encode_value(v):
+    """A table cell as JSON: null, bool, int, str, a finite float, {"float": "nan"|"inf"|"-inf"}
+    or {"missing": "NA"} (pandas' ``pd.NA``)."""
+    if v is pd.NA:
+        return {"missing": "NA"}
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not np.isfinite(v):
+        return {"float": "nan" if v != v else ("inf" if v > 0 else "-inf")}
+    if isinstance(v, (bool, int, float, str)):
+        return v
+    raise MechheadsError(f"report state: cannot store a table cell of type {type(v).__name__}")
+
+
+def _encode_table(name: str, df: pd.DataFrame) -> dict:
+    if not all(isinstance(c, str) for c in df.columns) or df.columns.duplicated().any():
+        raise MechheadsError(f"report state: table {name!r} needs unique string column names")
+    if not pd.api.types.is_integer_dtype(df.index.dtype):
+        raise MechheadsError(f"report state: table {name!r} needs an integer index")
+    columns = []
+    for c in df.columns:
+        dtype = str(df[c].dtype)
+        if dtype not in _DTYPES:
+            raise MechheadsError(
+                f"report state: column {c!r} of table {name!r} has unsupported dtype {dtype}"
+            )
+        columns.append({"name": c, "dtype": dtype, "values": [_encode_value(v) for v in df[c].tolist()]})
+    return {"name": name, "index": [int(i) for i in df.index], "columns": columns}
+
+
+def _decode_value(path: Path, v, where: str):
+    if isinstance(v, dict):
+        if v == {"missing": "NA"}:
+            return pd.NA
+        if set(v) != {"float"} or v["float"] not in _NONFINITE:
+            raise state_error(path, f"has an unknown cell encoding {str(v)[:40]} in {where}")
+        return _NONFINITE[v["float"]]
+    if v is not None and not isinstance(v, (bool, int, float, str)):
+        raise state_error(path, f"has a {type(v).__name__} cell in {where}")
+    return v
+
+
+def _decode_table(path: Path, t: dict) -> pd.DataFrame:
+    name = t["name"]
+    if t["index"] == list(range(len(t["index"]))):
+        index = pd.RangeIndex(len(t["index"]))
+    else:
+        try:
+            index = pd.Index(t["index"], dtype="int64")
+        except OverflowError:
+            raise state_error(path, f"has an index outside int64 in table {name!r}") from None
+    data = {}
+    for c in t["columns"]:
+        where = f"column {c['name']!r} of table {name!r}"
+        if c["dtype"] not in _DTYPES:
+            raise state_error(path, f"has unsupported dtype {c['dtype']!r} in {where}")
+        if len(c["values"]) != len(index) or c["name"] in data:
+            raise state_error(
+                path, f"has {len(c['values'])} values for {len(index)} rows (or a repeated column) in {where}"
+            )
+        values = [_decode_value(path, v, where) for v in c["values"]]
+        try:
+            data[c["name"]] = pd.Series(values, dtype=c["dtype"], index=index)
+        except (TypeError, ValueError, OverflowError) as e:
+            raise state_error(path, f"has values that are not {c['dtype']} in {where} ({e})") from None
+    return pd.DataFrame(data, index=index)
+
+
+_SECTION_SPEC = {
+    "fingerprint": str,
+    "section": {
+        "key": str,
+        "title": str,
+        "parts": [str],
+        "seconds": float,
+        "tables": [{"name": str, "index": [int], "columns": [{"name": str, "dtype": str, "values": list}]}],
+    },
+}
+
+
 def _load_state(path: Path, fingerprint: str) -> Section | None:
+    """The section stored at ``path`` if it was computed from the same inputs, else None.
+
+    The file is JSON (:mod:`mechheads._state`), checked field by field before use; a file that is
+    not such a state raises :class:`~mechheads.errors.MechheadsError` (delete it to recompute).
+    """
     if not path.exists():
         return None
-    try:
-        with path.open("rb") as f:
-            saved = pickle.load(f)
-    except Exception:  # a torn or foreign file: recompute the section
-        return None
-    return saved["section"] if saved.get("fingerprint") == fingerprint else None
+    payload, tensors = _state.load(path, _SECTION_KIND)
+    _state.check(path, payload, _SECTION_SPEC)
+    if tensors:
+        raise state_error(path, f"has tensors {sorted(tensors)}, but a report section has none")
+    if payload["fingerprint"] != fingerprint:
+        return None  # other inputs (model weights, task or options): recompute
+    s = payload["section"]
+    tables = {}
+    for t in s["tables"]:
+        if t["name"] in tables:
+            raise state_error(path, f"has table {t['name']!r} twice")
+        tables[t["name"]] = _decode_table(path, t)
+    return Section(s["key"], s["title"], list(s["parts"]), tables, s["seconds"])
 
 
 def _save_state(path: Path, fingerprint: str, section: Section) -> None:
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("wb") as f:
-        pickle.dump({"fingerprint": fingerprint, "section": section}, f)
-    tmp.replace(path)  # atomic: an interrupt never leaves a half-written state file
+    """Store a finished section as JSON, atomically (an interrupt never leaves a half-written file)."""
+    payload = {
+        "fingerprint": fingerprint,
+        "section": {
+            "key": section.key,
+            "title": section.title,
+            "parts": list(section.parts),
+            "seconds": float(section.seconds),
+            "tables": [_encode_table(name, df) for name, df in section.tables.items()],
+        },
+    }
+    _state.save(path, _SECTION_KIND, payload)
 
 
 # ----- sections ----------------------------------------------------------------------------------
@@ -513,7 +623,7 @@ def build_report(
     for key, title, fn in bar:
         bar.set_postfix_str(key)
         fp = f"{inputs}|{key}"
-        state = out / ".state" / f"{key}.pkl"
+        state = out / ".state" / f"{key}.json"
         sec = _load_state(state, fp) if resume else None
         if sec is None:
             sec = Section(key, title)
