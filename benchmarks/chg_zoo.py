@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from mechheads import zoo
-from mechheads.chg import CHGConfig, ContrastiveConfig, contrastive_transfer, fit, validate
+from mechheads.chg import CHGConfig, CHGResult, ContrastiveConfig, contrastive_transfer, fit, validate
 from mechheads.tasks import induction_task
 
 
@@ -48,12 +48,12 @@ def induction(args) -> None:
     model = zoo.load("induction-2l")
     task = induction_task(512, seed=3)
     cfg = CHGConfig(n_updates=args.updates, batch_size=args.batch)
-    saved = args.out / "chg_induction_result.pt"
+    saved = args.out / "chg_induction_result.json"  # JSON + a safetensors file beside it
     if args.reuse and saved.exists():
-        res = torch.load(saved, weights_only=False)
+        res = CHGResult.load(saved)
     else:
         res = fit_seeds(model, task, cfg, args, "induction-2l")
-        torch.save(res, saved)
+        res.save(saved)
     scores = res.scores()
     scores.to_csv(args.out / "chg_induction_scores.csv", index=False)
     table = []

@@ -361,3 +361,142 @@ def test_zoo_induction_circuit_comes_out_facilitating_in_every_seed():
         [f"L{r.layer}H{r['head']}" in (PREV, CURRENT, *INDUCTION) for _, r in per_seed.iterrows()]
     ]
     assert (circuit.role == "facilitating").all() and circuit.seed.nunique() == 2
+
+
+# ----- checkpoints and saved results are JSON + safetensors, checked before use -------------------
+class _Marker:
+    """Unpickling this creates ``path``: a stand-in for code a malicious pickle would run."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (type(self.path).touch, (self.path,))
+
+
+def _interrupted_checkpoint(model, tmp_path, name="plus.json"):
+    obj = TaskLoss(model, hand_batch())
+    start = init_logits(model, [0, 1])
+    kw = dict(phase="plus", lam=0.01, n_updates=12, lr=(0.5, 0.1), batch_size=16, progress=False)
+    ck = tmp_path / name
+    with pytest.raises(Interrupt):
+        fit_phase(model, Flaky(obj, fail_at=8), start, checkpoint=ck, checkpoint_every=5, **kw)
+    return ck, (lambda: fit_phase(model, obj, start, checkpoint=ck, checkpoint_every=5, **kw))
+
+
+def test_checkpoint_is_json_and_safetensors_never_pickle(tmp_path):
+    import json
+    import pickle
+
+    model = hand_model(BACKENDS[0])
+    ck, resume = _interrupted_checkpoint(model, tmp_path)
+    record = json.loads(ck.read_text())
+    assert record["kind"] == "chg-phase-checkpoint" and record["payload"]["step"] == 5
+    tensor_files = [p.name for p in tmp_path.iterdir() if p.suffix == ".safetensors"]
+    assert tensor_files == [record["tensors"]["file"]]  # one tensor file: the one the JSON names
+    marker = tmp_path / "unpickled"
+    ck.write_bytes(pickle.dumps({"key": "x", "step": 1, "boom": _Marker(marker)}))
+    with pytest.raises(
+        MechheadsError, match=r"plus\.json' is not a JSON state file.*delete it to start afresh"
+    ):
+        resume()
+    assert not marker.exists()  # the pickle was never unpickled
+    torch.save({"key": "x", "step": 1}, ck)  # the old torch.save format is refused the same way
+    with pytest.raises(MechheadsError, match="is not a JSON state file"):
+        resume()
+
+
+def test_tampered_checkpoint_is_refused_with_what_is_wrong(tmp_path):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    model = hand_model(BACKENDS[0])
+    ck, resume = _interrupted_checkpoint(model, tmp_path)
+    good = ck.read_text()
+    record = json.loads(good)
+
+    def write(payload=None, **top):
+        ck.write_text(json.dumps({**record, **top, "payload": {**record["payload"], **(payload or {})}}))
+
+    write({"step": "5"})
+    with pytest.raises(MechheadsError, match=r"has str '5' at step where an int belongs; delete it"):
+        resume()
+    write({"step": 99})
+    with pytest.raises(MechheadsError, match="records 99 updates done, outside 1 … 12"):
+        resume()
+    write({"extra": 1})
+    with pytest.raises(
+        MechheadsError, match=r"wrong fields at the top level \(missing \[\], unexpected \['extra'\]\)"
+    ):
+        resume()
+    write(kind="report-section")
+    with pytest.raises(MechheadsError, match="holds a 'report-section' state where a 'chg-phase-checkpoint'"):
+        resume()
+    write(tensors={**record["tensors"], "file": "../elsewhere.safetensors"})
+    with pytest.raises(
+        MechheadsError, match="names the tensor file '../elsewhere.safetensors', not one of its own"
+    ):
+        resume()
+    # tensors of the wrong shape, with the hash updated so that only the shape check can catch them
+    tfile = tmp_path / record["tensors"]["file"]
+    tensors = load_file(tfile)
+    tensors["param"] = torch.zeros(3, 1, 4)
+    save_file(tensors, tfile)
+    write()
+    with pytest.raises(MechheadsError, match="SHA-256 differs"):
+        resume()
+    import hashlib
+
+    write(tensors={**record["tensors"], "sha256": hashlib.sha256(tfile.read_bytes()).hexdigest()})
+    with pytest.raises(
+        MechheadsError, match=r"tensor 'param' of shape \[3, 1, 4\] torch.float32, expected \[2, 1, 4\]"
+    ):
+        resume()
+    tensors["param"] = torch.full((2, 1, 4), float("nan"))
+    save_file(tensors, tfile)
+    write(tensors={**record["tensors"], "sha256": hashlib.sha256(tfile.read_bytes()).hexdigest()})
+    with pytest.raises(MechheadsError, match="non-finite values in tensor 'param'"):
+        resume()
+
+
+def test_fit_with_checkpoint_dir_resumes_every_phase(tmp_path):
+    model, batch = hand_model(BACKENDS[0]), hand_batch()
+    cfg = CHGConfig(n_updates=6, batch_size=8)
+    ref = fit(model, batch, seeds=[0, 1], config=cfg, progress=False)
+    done = fit(model, batch, seeds=[0, 1], config=cfg, checkpoint_dir=tmp_path, progress=False)
+    names = sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".json")
+    assert names == ["minus-0.json", "plus-0.json", "zero-0.json"]
+    again = fit(model, batch, seeds=[0, 1], config=cfg, checkpoint_dir=tmp_path, progress=False)
+    for res in (done, again):
+        for p in ("zero", "plus", "minus"):
+            assert torch.equal(res.phases[p].logits, ref.phases[p].logits)
+            assert torch.equal(res.phases[p].trajectory, ref.phases[p].trajectory)
+
+
+def test_result_saves_and_loads_exactly_and_refuses_tampering(tmp_path):
+    import json
+
+    model, batch = hand_model(BACKENDS[0]), hand_batch()
+    res = fit(model, batch, seeds=[3, 5], config=CHGConfig(n_updates=4, batch_size=8), progress=False)
+    path = tmp_path / "chg.json"
+    res.save(path)
+    back = CHGResult.load(path)
+    assert (back.n_layers, back.n_heads, back.seeds, back.config) == (1, 4, [3, 5], res.config)
+    for p in ("zero", "plus", "minus"):
+        a, b = res.phases[p], back.phases[p]
+        assert a.lam == b.lam and torch.equal(a.logits.cpu(), b.logits)
+        assert torch.equal(a.trajectory, b.trajectory) and torch.equal(a.losses, b.losses)
+    assert back.scores().equals(res.scores())
+    record = json.loads(path.read_text())
+    record["payload"]["config"]["lam"] = -1.0
+    path.write_text(json.dumps(record))
+    with pytest.raises(MechheadsError, match=r"chg\.json' has an invalid config \(CHGConfig.lam"):
+        CHGResult.load(path)
+    record["payload"]["config"]["lam"] = 0.01
+    record["payload"]["seeds"] = [3, 5, 7]  # three seeds for tensors of two
+    path.write_text(json.dumps(record))
+    with pytest.raises(
+        MechheadsError, match=r"tensor 'zero.logits' of shape \[2, 1, 4\].*expected \[3, 1, 4\]"
+    ):
+        CHGResult.load(path)
