@@ -351,7 +351,7 @@ def _section_overview(ctx: _Context, sec: Section) -> None:
         rows.append(dict(metric="logit_diff", value=metric_value(m, batch, "logit_diff")))
     sec.table("baseline", pd.DataFrame(rows), caption="Baseline metrics on the report's task")
     if ctx.zoo_name is not None:
-        from mechheads.zoo.cards import evaluate, standard_tasks
+        from mechheads.zoo_build.cards import evaluate, standard_tasks
 
         card = evaluate(m, standard_tasks(ctx.zoo_name, n=min(ctx.cfg.n, 100)))
         sec.table("zoo_evaluation", card, caption="The model card's evaluation, measured now", max_rows=30)

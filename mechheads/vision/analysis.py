@@ -19,9 +19,8 @@ Distorted Images", 2025; mechheads REFERENCE §5):
 Every function returns arrays or tidy DataFrames for a figure function to draw.
 
 Example:
-    >>> from mechheads import zoo
-    >>> from mechheads.vision import spectrograms
-    >>> vit = zoo.load_vision("vit-chirp")
+    >>> from mechheads.vision import load, spectrograms
+    >>> vit = load("vit-chirp")
     >>> data = spectrograms(200, seed=1000)
     >>> heat = ablation_heatmap(vit, data).to_array("pct_increase")   # [layer, head]
     >>> spec = specialisation(vit, data).table                          # one row per head

@@ -306,6 +306,25 @@ def build_vit(
     return VisionModel(body, cfg, patch_linear(cfg, patch_state), name=name)
 
 
+def load(name: str = "vit-chirp", *, backend: str | None = None) -> VisionModel:
+    """Load a zoo ViT (``zoo.kind(name) == "vision"``) as a :class:`VisionModel` on ``backend``.
+
+    ``mechheads.zoo.load(name)`` gives only its transformer body; this adds the patch embedding.
+    It lives here, not in :mod:`mechheads.zoo`, because the zoo sits below the vision layer.
+    """
+    from safetensors.torch import load_file
+
+    from mechheads import zoo
+
+    if zoo.kind(name) != "vision":
+        raise MechheadsError(
+            f"zoo model {name!r} is not a vision model; vision models: {zoo.list_models('vision')}"
+        )
+    cfg = ViTConfig.from_dict(zoo.load_config(name)["vit"])
+    patch = load_file(zoo.model_dir(name) / "patch_embed.safetensors")
+    return VisionModel(zoo.load(name, backend=backend), cfg, patch_linear(cfg, patch), name=name)
+
+
 class _EmbeddingTableTransformer(ReferenceTransformer):
     """ReferenceTransformer whose embedding table can be swapped for a per-call one, so the
     hook-free forward runs on arbitrary input embeddings without a second copy of its code."""
