@@ -320,3 +320,14 @@ def distribution_shift(
                 )
             )
     return pd.DataFrame(rows)
+
+
+__all__ = [
+    "FaithfulnessResult",
+    "PruningResult",
+    "cumulative_ablation",
+    "distribution_shift",
+    "faithfulness",
+    "iterative_pruning",
+    "pairwise_interactions",
+]

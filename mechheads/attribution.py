@@ -713,3 +713,17 @@ def _comparison_tables(
                 )
             )
     return pd.concat(frames, ignore_index=True), pd.DataFrame(rows)
+
+
+__all__ = [
+    "DEFAULT_ESTIMATORS",
+    "ESTIMATORS",
+    "EstimatorComparison",
+    "attribution_patching",
+    "compare_estimators",
+    "gradient_importance",
+    "integrated_gradients",
+    "rank_agreement",
+    "rollout_scores",
+    "rollout_scores_naive",
+]

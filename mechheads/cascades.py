@@ -309,3 +309,11 @@ def head_effects_naive(
                         )
                     )
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+__all__ = [
+    "COLUMNS",
+    "CascadeResult",
+    "head_effects",
+    "head_effects_naive",
+]

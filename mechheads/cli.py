@@ -198,5 +198,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+__all__ = [
+    "main",
+]
+
+
 if __name__ == "__main__":
     raise SystemExit(main())

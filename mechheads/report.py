@@ -660,3 +660,16 @@ def _sweep_from(sec: Section, metric: str):
     df = sec.tables["sweep"]
     zero = df[df.method == "zero"].reset_index(drop=True)
     return AblationResult(zero, metric, "zero", float(zero.baseline.iloc[0]), _orientation(metric, None))
+
+
+__all__ = [
+    "SECTIONS",
+    "ZOO_DEFAULT_TASK",
+    "Report",
+    "ReportConfig",
+    "Section",
+    "build_report",
+    "check_text_model",
+    "default_task",
+    "render_page",
+]

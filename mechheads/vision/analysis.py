@@ -547,3 +547,28 @@ def head_roles(
             column="score",
         )
     return t.reset_index(drop=True), agreement
+
+
+__all__ = [
+    "LABELS",
+    "REGIONS",
+    "REGION_NAMES",
+    "SpecialisationResult",
+    "ablated_predictions",
+    "ablation_heatmap",
+    "attention_maps",
+    "chg",
+    "chg_objective",
+    "head_roles",
+    "label_head",
+    "mean_ablation",
+    "mse_metric",
+    "overlay",
+    "overlay_grid",
+    "patch_attention",
+    "patch_regions",
+    "prediction_histograms",
+    "prediction_mse",
+    "resample_ablation",
+    "specialisation",
+]

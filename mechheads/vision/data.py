@@ -385,3 +385,15 @@ def spectrograms(
     params = pd.DataFrame(rows)
     targets = params[list(TARGETS)].to_numpy(dtype=np.float32)
     return SpectrogramSet(images, targets, masks, params, cfg)
+
+
+__all__ = [
+    "MASKS",
+    "TARGETS",
+    "SpectrogramConfig",
+    "SpectrogramSet",
+    "chirp_frequency",
+    "colormap",
+    "render_text",
+    "spectrograms",
+]

@@ -377,3 +377,18 @@ class ReferenceViT(nn.Module):
             "patch_embed.weight": self.patch_embed.weight.detach().clone().contiguous(),
             "patch_embed.bias": self.patch_embed.bias.detach().clone().contiguous(),
         }
+
+
+__all__ = [
+    "EMBED_HOOK",
+    "ReferenceViT",
+    "ViTConfig",
+    "VisionModel",
+    "build_vit",
+    "check_images",
+    "init_patch_state",
+    "load",
+    "patch_linear",
+    "patchify",
+    "vit_tokens",
+]

@@ -181,3 +181,12 @@ def plot_estimator_ranks(
     axes[0].invert_xaxis()
     axes[0].invert_yaxis()
     return fig
+
+
+__all__ = [
+    "CASCADE_COLUMNS",
+    "plot_cascade_matrix",
+    "plot_cascade_summary",
+    "plot_estimator_agreement",
+    "plot_estimator_ranks",
+]

@@ -838,3 +838,19 @@ def vit_overlay(
     if title:
         fig.suptitle(title)
     return fig
+
+
+__all__ = [
+    "ablation_curve",
+    "aie_map",
+    "chg_role_map",
+    "chg_scatter",
+    "faithfulness_curves",
+    "gate_trajectories",
+    "head_heatmap",
+    "outline_heads",
+    "pruning_curve",
+    "score_ecdf",
+    "symbolic_map",
+    "vit_overlay",
+]

@@ -90,3 +90,17 @@ def card(name: str) -> str:
     if not path.exists():
         raise MechheadsError(f"zoo model {name!r} has no card yet: run python -m mechheads.zoo.cards {name}")
     return path.read_text()
+
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "KINDS",
+    "ZOO_DIR",
+    "card",
+    "kind",
+    "list_models",
+    "load",
+    "load_config",
+    "load_tokenizer",
+    "model_dir",
+]

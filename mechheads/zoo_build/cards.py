@@ -249,5 +249,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+__all__ = [
+    "EVAL_SEED",
+    "VisionEval",
+    "evaluate",
+    "evaluate_vision",
+    "main",
+    "standard_tasks",
+    "write_card",
+    "write_vision_card",
+]
+
+
 if __name__ == "__main__":
     raise SystemExit(main())

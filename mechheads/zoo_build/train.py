@@ -280,5 +280,17 @@ def _main_vision(spec: VisionSpec, args, cmd: str) -> int:
     return 0
 
 
+__all__ = [
+    "encode_segments",
+    "main",
+    "sample_segments",
+    "save_checkpoint",
+    "save_vision_checkpoint",
+    "train_reference",
+    "train_vision_reference",
+    "training_batch",
+]
+
+
 if __name__ == "__main__":
     raise SystemExit(main())
