@@ -1,5 +1,7 @@
-"""CHG on the zoo models: the taxonomy of induction-2l over seeds (with the Fig. 2 validation and
-Table 2), and leave-one-task-out contrastive CHG on tasks-4l (paper §4.4, Fig. 5).
+"""Causal Head Gating (Nam et al. 2025, "Causal Head Gating: A Framework for Interpreting Roles of
+Attention Heads in Transformers") on the zoo models: the taxonomy of induction-2l over seeds (with
+the paper's Fig. 2 validation and Table 2), and leave-one-task-out contrastive CHG on tasks-4l
+(paper §4.4, Fig. 5).
 
 Prints markdown tables (pasted into benchmarks/RESULTS.md) and writes CSVs to --out.
 

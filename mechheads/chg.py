@@ -11,9 +11,9 @@ Scores per head: facilitation = G−, interference = 1 − G+, irrelevance = G+ 
 
 **The strength of λ is per gate.** The authors' code divides the regulariser by the number of
 gates (a mean over L×H), so a head in a 1,024-head model feels λ/1,024 while a head in a 16-head
-zoo model would feel λ/16 — 64 times more — and the task signal drowns (measured in
-REFERENCE.md §1: an interfering head came out "irrelevant"). Here ``lam`` multiplies the *sum*
-over gates; the default :data:`DEFAULT_LAMBDA` = 1.5e-4 is the paper's λ = 0.1 spread over the
+zoo model would feel λ/16 — 64 times more — and the task signal drowns (measured on a hand-built
+4-head model in ``tests/test_chg.py``: an interfering head came out "irrelevant"). Here ``lam``
+multiplies the *sum* over gates; the default :data:`DEFAULT_LAMBDA` = 1.5e-4 is the paper's λ = 0.1 spread over the
 672 heads of Llama-3.2-3B, the paper's main model. To reproduce the reference code's mean-form
 λ on a given model, pass ``lam = λ_mean / (n_layers · n_heads)`` (:func:`per_gate_lambda`).
 

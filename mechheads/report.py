@@ -6,11 +6,13 @@ as CSV:
 
 1. model, task and baseline metrics (and, for a zoo model, the card's evaluation measured now);
 2. single-head ablation sweeps (zero and mean), interfering heads;
-3. the review's estimators side by side: the exact ablation sweep, gradient importance,
-   integrated gradients, attention rollout and (with a corrupted task) exact activation patching
-   and attribution patching, with their pairwise rank agreement;
-4. Causal Head Gating: G+ / G− over several seeds, the taxonomy, Table 2, ECDFs, trajectories and the
-   Fig. 2 validation checks;
+3. the head-importance estimators compared by Kadem & Zheng (2026, "Interpreting Transformers
+   Through Attention Head Intervention", §11) side by side: the exact ablation sweep, gradient
+   importance, integrated gradients, attention rollout and (with a corrupted task) exact activation
+   patching and attribution patching, with their pairwise rank agreement;
+4. Causal Head Gating (Nam et al. 2025, "Causal Head Gating: A Framework for Interpreting Roles of
+   Attention Heads in Transformers"): G+ / G− over several seeds, the taxonomy, Table 2, ECDFs,
+   trajectories and the Fig. 2 validation checks;
 5. attention-head detectors (previous-token, induction, … scores on repeated random tokens);
 6. function-vector heads (average indirect effect) when the task is a function task;
 7. CircuitsVis attention patterns of the most important heads.
@@ -408,7 +410,8 @@ def _section_estimators(ctx: _Context, sec: Section) -> None:
         progress=ctx.progress,
     )
     sec.text(
-        "The review's estimators side by side (§11): the exact zero-ablation sweep, |gradient| at gate 1, "
+        'The head-importance estimators compared by Kadem & Zheng (2026, "Interpreting Transformers Through '
+        'Attention Head Intervention", §11), side by side: the exact zero-ablation sweep, |gradient| at gate 1, '
         "integrated gradients on the gates (gates 0 → 1) and attention rollout"
         + (
             f"; with the corrupted prompts also exact activation patching (clean z into the corrupted run) "
@@ -445,7 +448,8 @@ def _section_chg(ctx: _Context, sec: Section) -> None:
     config = chg.CHGConfig(n_updates=cfg.chg_updates, batch_size=cfg.chg_batch)
     res = chg.fit(ctx.model, ctx.task, seeds=seeds, config=config, data_seed=cfg.seed, progress=ctx.progress)
     sec.text(
-        f"Causal Head Gating: {len(seeds)} seeds, {cfg.chg_updates} updates per phase, batch {cfg.chg_batch}, "
+        f'Causal Head Gating (Nam et al. 2025, "Causal Head Gating: A Framework for Interpreting Roles of '
+        f'Attention Heads in Transformers"): {len(seeds)} seeds, {cfg.chg_updates} updates per phase, batch {cfg.chg_batch}, '
         f"λ per gate {config.lam:g}. Facilitation = G−, interference = 1 − G+, irrelevance = G+·(1 − G−)."
     )
     sec.figure(
@@ -453,21 +457,26 @@ def _section_chg(ctx: _Context, sec: Section) -> None:
         "G+ (max over seeds) against G− (min over seeds) per head, coloured by layer; shaded: role regions",
     )
     sec.figure(
-        viz.chg_role_map(res), "Roles per head (paper Fig. 3b): red = interference, green = facilitation"
+        viz.chg_role_map(res),
+        "Roles per head (Nam et al. 2025, Fig. 3b): red = interference, green = facilitation",
     )
     agg = res.aggregate("always")
     sec.figure(
         viz.head_heatmap(agg, "facilitation", center=0.5, title="facilitation (min over seeds)"),
         "Facilitation, always",
     )
-    sec.figure(viz.score_ecdf(res), "ECDF of the three scores over heads and seeds (paper Fig. 3a)")
-    sec.figure(viz.gate_trajectories(res), "Gate trajectories over updates (paper Fig. 1b)")
+    sec.figure(
+        viz.score_ecdf(res), "ECDF of the three scores over heads and seeds (Nam et al. 2025, Fig. 3a)"
+    )
+    sec.figure(viz.gate_trajectories(res), "Gate trajectories over updates (Nam et al. 2025, Fig. 1b)")
     sec.table("chg_always", agg, caption="Scores, minimum over seeds ('always'), with role labels")
     sec.table("chg_any", res.aggregate("any"), caption="Scores, maximum over seeds ('any')")
-    sec.table("chg_table2", res.summary(), caption="Paper Table 2: % heads with score ≥ 0.5")
+    sec.table("chg_table2", res.summary(), caption="Nam et al. 2025, Table 2: % heads with score ≥ 0.5")
     val = chg.validate(ctx.model, ctx.task, res, seeds=seeds[:1])
     sec.table(
-        "chg_validation", val.checks, caption="Fig. 2 validation: toggling heads in score order (seed 0)"
+        "chg_validation",
+        val.checks,
+        caption="Nam et al. 2025, Fig. 2 validation: toggling heads in score order (seed 0)",
     )
 
 

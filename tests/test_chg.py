@@ -29,9 +29,10 @@ from mechheads.chg import (
 from mechheads.hooks import gate_heads
 
 # A 1-layer, 4-head model whose heads write fixed vectors (W_V = 0, b_V constant), so their roles
-# are known by construction (REFERENCE §1's check): head 0 raises the target token (facilitating),
-# head 1 raises a competitor (interfering), head 2 raises the target weakly (facilitating, weaker),
-# head 3 writes nothing (irrelevant). Every token embeds to the same vector, so the prediction is
+# are known by construction (a ground truth for the taxonomy of Nam et al. 2025, "Causal Head
+# Gating: A Framework for Interpreting Roles of Attention Heads in Transformers"): head 0 raises
+# the target token (facilitating), head 1 raises a competitor (interfering), head 2 raises the
+# target weakly (facilitating, weaker), head 3 writes nothing (irrelevant). Every token embeds to the same vector, so the prediction is
 # the same at every position: target token 0.
 HAND = ArchConfig(n_layers=1, n_heads=4, d_model=8, d_head=2, d_vocab=4, n_ctx=8)
 
@@ -86,9 +87,9 @@ def test_taxonomy_recovers_the_built_roles(backend):
 
 
 def test_mean_form_lambda_on_few_heads_drowns_the_task_signal(backend):
-    # REFERENCE §1: the reference's λ = 0.1 on the *mean* over 4 gates is 0.025 per gate — ~170×
-    # the paper's per-gate pressure — and a weakly interfering head comes out irrelevant; the
-    # per-gate default keeps it interfering.
+    # The authors' code for Nam et al. 2025 (Causal Head Gating) puts λ = 0.1 on the *mean* over
+    # gates: over 4 gates that is 0.025 per gate — ~170× the paper's per-gate pressure — and a
+    # weakly interfering head comes out irrelevant; the per-gate default keeps it interfering.
     model = build_model(HAND, hand_state(writes=(1.0, 0.15, 0.5, 0.0)), backend=backend)
     batch = hand_batch(128)
     strong = CHGConfig(n_updates=100, batch_size=32, lam=per_gate_lambda(0.1, model))

@@ -1,6 +1,6 @@
 """Vision: ViT heads on synthetic chirp spectrograms with distractors.
 
-Seed paper: N. Bahador, "Mechanistic Interpretability of Fine-Tuned Vision Transformers on
+After N. Bahador, "Mechanistic Interpretability of Fine-Tuned Vision Transformers on
 Distorted Images: Decoding Attention Head Behavior for Transparent and Trustworthy AI" (2025).
 
 * :mod:`mechheads.vision.data` — seeded spectrogram figures (chirp, noise, blur, title, axis text,

@@ -1,7 +1,7 @@
 """What a ViT's heads look at and what they are for: attention maps, ablation, specialisation.
 
-Method (seed paper: N. Bahador, "Mechanistic Interpretability of Fine-Tuned Vision Transformers on
-Distorted Images", 2025; mechheads REFERENCE §5):
+Method (N. Bahador, "Mechanistic Interpretability of Fine-Tuned Vision Transformers on Distorted
+Images: Decoding Attention Head Behavior for Transparent and Trustworthy AI", 2025):
 
 * attention maps — per layer and head, drop the CLS row and column, average the patch-to-patch
   attention over query patches, reshape to the patch grid, min–max normalise, overlay on the image
@@ -125,7 +125,7 @@ def attention_maps(
     normalize: bool = True,
     batch_size: int = 128,
 ) -> Float[np.ndarray, "n layer head grid grid"]:
-    """Per-image, per-head attention maps on the patch grid (paper §2.1).
+    """Per-image, per-head attention maps on the patch grid (Bahador 2025, §2.1).
 
     CLS row and column dropped, averaged over query patches (or the CLS row, ``query="cls"``),
     reshaped to the grid, and min–max normalised per map when ``normalize`` (for display).

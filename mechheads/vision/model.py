@@ -1,8 +1,10 @@
 """A ViT whose transformer runs on a TransformerLens backend, so every head analysis applies.
 
-Method (seed paper: N. Bahador 2025, §2.1): split the image into P×P non-overlapping patches,
-project each flattened patch to ``d_model``, prepend a CLS token, add learned position
-embeddings, run a bidirectional transformer, and regress the targets from the CLS token.
+Method (N. Bahador 2025, "Mechanistic Interpretability of Fine-Tuned Vision Transformers on
+Distorted Images: Decoding Attention Head Behavior for Transparent and Trustworthy AI", §2.1):
+split the image into P×P non-overlapping patches, project each flattened patch to ``d_model``,
+prepend a CLS token, add learned position embeddings, run a bidirectional transformer, and
+regress the targets from the CLS token.
 
 How it maps onto TransformerLens. The transformer *body* is an ordinary mechheads model
 (:func:`mechheads.build_model`, ``attention_dir="bidirectional"``, learned positions) whose

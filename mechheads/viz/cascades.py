@@ -1,5 +1,6 @@
-"""Figures for head-to-head cascades (:mod:`mechheads.cascades`, seed review §9) and for the
-estimator comparison (:func:`mechheads.attribution.compare_estimators`, §11).
+"""Figures for head-to-head cascades (:mod:`mechheads.cascades`; Kadem & Zheng 2026, "Interpreting
+Transformers Through Attention Head Intervention", §9) and for the estimator comparison
+(:func:`mechheads.attribution.compare_estimators`; same paper, §11).
 
 Example:
     >>> from mechheads.viz.cascades import plot_cascade_matrix, plot_estimator_agreement
