@@ -52,6 +52,19 @@ def write_atomic(path: Path, data: bytes) -> None:
             tmp.unlink()
 
 
+def write_text(path: str | Path, text: str) -> None:
+    """:func:`write_atomic` for text (UTF-8): JSON, CSV, markdown, HTML."""
+    write_atomic(Path(path), text.encode("utf-8"))
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> None:
+    """A safetensors file written with :func:`write_atomic` (the bytes :func:`safetensors.torch.save_file`
+    would write)."""
+    from safetensors.torch import save as st_save
+
+    write_atomic(Path(path), st_save(tensors))
+
+
 def _tensor_file_pattern(path: Path) -> re.Pattern[str]:
     return re.compile(re.escape(path.name) + r"\.[0-9a-f]{" + str(_DIGEST) + r"}\.safetensors")
 

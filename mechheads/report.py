@@ -648,7 +648,7 @@ def build_report(
         done.append(sec)
     for sec in done:
         for name, df in sec.tables.items():
-            df.to_csv(out / "tables" / f"{sec.key}_{name}.csv", index=False)
+            _state.write_text(out / "tables" / f"{sec.key}_{name}.csv", df.to_csv(index=False))
     meta = (
         f"mechheads report — {zoo_name or 'user model'}, task {task.name!r}, {len(task)} prompts, "
         f"{model.backend} backend; generated {time.strftime('%Y-%m-%d %H:%M:%S')}; "
@@ -656,9 +656,7 @@ def build_report(
     )
     page = render_page(f"mechheads report: {zoo_name or 'model'} on {task.name}", done, meta)
     html_path = out / "report.html"
-    tmp = html_path.with_suffix(".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(html_path)
+    _state.write_text(html_path, page)
     return Report(out, html_path, done)
 
 

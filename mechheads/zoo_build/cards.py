@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from mechheads._state import write_text
 from mechheads.tasks import generators as gen
 from mechheads.tasks.core import Task
 from mechheads.tasks.metrics import accuracy, target_nll
@@ -175,8 +176,8 @@ Attention scores on repeated random sequences (mechheads.detectors.induction_sco
 
 {score_text}
 """
-    (folder / "card.md").write_text(text)
-    results.to_csv(folder / "eval.csv", index=False)
+    write_text(folder / "card.md", text)
+    write_text(folder / "eval.csv", results.to_csv(index=False))
     return text
 
 
@@ -230,9 +231,9 @@ ViT: {c.image_size}x{c.image_size}x{c.channels} images cut into {c.patch_size}x{
 ## Expected circuit
 {config["expected_circuit"]}
 """
-    (folder / "card.md").write_text(text)
-    results.to_csv(folder / "eval.csv", index=False)
-    heads.to_csv(folder / "heads.csv", index=False)
+    write_text(folder / "card.md", text)
+    write_text(folder / "eval.csv", results.to_csv(index=False))
+    write_text(folder / "heads.csv", heads.to_csv(index=False))
     return text
 
 

@@ -14,15 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import sys
 import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from mechheads._state import save_tensors, write_text
 from mechheads.arch import ReferenceTransformer
 from mechheads.errors import MechheadsError
 from mechheads.tasks import generators as gen
@@ -168,8 +169,8 @@ def save_vision_checkpoint(out: Path, spec: VisionSpec, model, meta: dict) -> No
     from mechheads.vision.model import ReferenceViT
 
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.body_state().items()}, out / "model.safetensors")
-    save_file(model.patch_state(), out / "patch_embed.safetensors")
+    save_tensors(out / "model.safetensors", {k: v.contiguous() for k, v in model.body_state().items()})
+    save_tensors(out / "patch_embed.safetensors", model.patch_state())
     cfg = model.cfg
     g = torch.Generator().manual_seed(1234)
     probe = torch.randint(0, cfg.n_outputs, (4, 1 + cfg.n_patches), generator=g)
@@ -180,11 +181,12 @@ def save_vision_checkpoint(out: Path, spec: VisionSpec, model, meta: dict) -> No
         plain = ReferenceViT(cfg, model.body_state(), model.patch_state())
         logits = plain.body(probe)
         preds = plain(images)
-    save_file(
-        {"tokens": probe, "logits": logits.contiguous(), "images": images, "predictions": preds.contiguous()},
+    save_tensors(
         out / "reference.safetensors",
+        {"tokens": probe, "logits": logits.contiguous(), "images": images, "predictions": preds.contiguous()},
     )
-    (out / "config.json").write_text(
+    write_text(
+        out / "config.json",
         json.dumps(
             {
                 "name": spec.name,
@@ -195,7 +197,7 @@ def save_vision_checkpoint(out: Path, spec: VisionSpec, model, meta: dict) -> No
                 **meta,
             },
             indent=2,
-        )
+        ),
     )
 
 
@@ -204,17 +206,19 @@ def save_checkpoint(
 ) -> None:
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in model.canonical_state().items()}
-    save_file(state, out / "model.safetensors")
-    tok.save(out / "tokenizer.json")
+    save_tensors(out / "model.safetensors", state)
+    tmp = out / "tokenizer.json.tmp"
+    tok.save(tmp)
+    os.replace(tmp, out / "tokenizer.json")
     # Probe tokens and the reference forward's logits: every backend must reproduce these.
     g = torch.Generator().manual_seed(1234)
     probe = torch.randint(2, tok.vocab_size, (4, min(32, model.cfg.n_ctx)), generator=g)
     probe[:, 0] = tok.bos_id
     with torch.no_grad():
         ref_logits = model(probe)
-    save_file({"tokens": probe, "logits": ref_logits.contiguous()}, out / "reference.safetensors")
-    (out / "config.json").write_text(
-        json.dumps({"name": spec.name, "arch": model.cfg.to_dict(), **meta}, indent=2)
+    save_tensors(out / "reference.safetensors", {"tokens": probe, "logits": ref_logits.contiguous()})
+    write_text(
+        out / "config.json", json.dumps({"name": spec.name, "arch": model.cfg.to_dict(), **meta}, indent=2)
     )
 
 
