@@ -107,7 +107,10 @@ def load(path: str | Path, kind: str) -> tuple[dict[str, Any], dict[str, torch.T
     from safetensors.torch import load as st_load
 
     path = Path(path)
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise state_error(path, f"cannot be read ({e.strerror or e})") from None
     try:
         record = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError) as e:
@@ -132,7 +135,12 @@ def load(path: str | Path, kind: str) -> tuple[dict[str, Any], dict[str, torch.T
         tfile = path.with_name(ref["file"])
         if not tfile.exists():
             raise state_error(path, f"names the tensor file {ref['file']!r}, which does not exist")
-        data = tfile.read_bytes()
+        try:
+            data = tfile.read_bytes()
+        except OSError as e:
+            raise state_error(
+                path, f"names the tensor file {ref['file']!r}, which cannot be read ({e})"
+            ) from None
         if hashlib.sha256(data).hexdigest() != ref["sha256"]:
             raise state_error(path, f"does not match its tensor file {ref['file']!r} (SHA-256 differs)")
         try:

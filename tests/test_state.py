@@ -84,3 +84,14 @@ def test_a_non_json_payload_is_a_caller_error_and_leaves_no_file(tmp_path):
     with pytest.raises(MechheadsError, match="cannot store state"):
         _state.save(path, "demo", {"x": float("inf")})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_directory_or_a_missing_tensor_file_is_a_state_error(tmp_path):
+    (tmp_path / "d.json").mkdir()
+    with pytest.raises(MechheadsError, match=r"d\.json' cannot be read"):
+        _state.load(tmp_path / "d.json", "demo")
+    path = tmp_path / "s.json"
+    _state.save(path, "demo", {}, {"t": torch.ones(1)})
+    next(tmp_path.glob("s.json.*.safetensors")).unlink()
+    with pytest.raises(MechheadsError, match="which does not exist; delete it to start afresh"):
+        _state.load(path, "demo")
