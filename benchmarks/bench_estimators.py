@@ -2,7 +2,8 @@
 
 * attribution patching vs the exact activation-patching sweep (each head's clean ``z`` patched
   into the corrupted run, one forward per head in the batched engine) — target Spearman ≥ 0.9;
-* gradient importance vs the exact zero-ablation sweep (the review's comparison: Spearman 0.28,
+* gradient importance vs the exact zero-ablation sweep (the comparison Kadem & Zheng 2026,
+  "Interpreting Transformers Through Attention Head Intervention", §11, report: Spearman 0.28,
   top-10 overlap 3–4 on BERT).
 
 Clean/corrupted pairs have equal token lengths so positions align:

@@ -1,5 +1,7 @@
-"""CHG on the zoo models: the taxonomy of induction-2l over seeds (with the Fig. 2 validation and
-Table 2), and leave-one-task-out contrastive CHG on tasks-4l (paper §4.4, Fig. 5).
+"""Causal Head Gating (Nam et al. 2025, "Causal Head Gating: A Framework for Interpreting Roles of
+Attention Heads in Transformers") on the zoo models: the taxonomy of induction-2l over seeds (with
+the paper's Fig. 2 validation and Table 2), and leave-one-task-out contrastive CHG on tasks-4l
+(paper §4.4, Fig. 5).
 
 Prints markdown tables (pasted into benchmarks/RESULTS.md) and writes CSVs to --out.
 
@@ -19,7 +21,7 @@ import pandas as pd
 import torch
 
 from mechheads import zoo
-from mechheads.chg import CHGConfig, ContrastiveConfig, contrastive_transfer, fit, validate
+from mechheads.chg import CHGConfig, CHGResult, ContrastiveConfig, contrastive_transfer, fit, validate
 from mechheads.tasks import induction_task
 
 
@@ -48,12 +50,12 @@ def induction(args) -> None:
     model = zoo.load("induction-2l")
     task = induction_task(512, seed=3)
     cfg = CHGConfig(n_updates=args.updates, batch_size=args.batch)
-    saved = args.out / "chg_induction_result.pt"
+    saved = args.out / "chg_induction_result.json"  # JSON + a safetensors file beside it
     if args.reuse and saved.exists():
-        res = torch.load(saved, weights_only=False)
+        res = CHGResult.load(saved)
     else:
         res = fit_seeds(model, task, cfg, args, "induction-2l")
-        torch.save(res, saved)
+        res.save(saved)
     scores = res.scores()
     scores.to_csv(args.out / "chg_induction_scores.csv", index=False)
     table = []

@@ -1,10 +1,11 @@
-"""The review's estimator comparison (§11) on the zoo models, and attribution patching along a path.
+"""The estimator comparison of Kadem & Zheng (2026, "Interpreting Transformers Through Attention
+Head Intervention", §11) on the zoo models, and attribution patching along a path.
 
 For each model and task, every head is ranked by: the exact zero-ablation sweep, the exact
 patching sweep (clean ``z`` into the corrupted run), |gradient| at gate 1, attribution patching,
 attention rollout and integrated gradients on the gates (all 0 → all 1); then every pair of
 rankings is compared (Spearman, Kendall τ-b, top-k overlap) by ``compare_estimators``. Scores are
-magnitudes (``signed=False``), as in the review's comparison; the signed agreement with the
+magnitudes (``signed=False``), as in their comparison; the signed agreement with the
 reference is printed next to it.
 
 Second table: attribution patching vs the exact patching sweep for steps = 1, 2, 4, 8 along the

@@ -11,7 +11,11 @@ Layers (each depends only on those above it):
    :mod:`mechheads.symbolic`, :mod:`mechheads.detectors`, :mod:`mechheads.pursuit`,
    :mod:`mechheads.vision`;
 4. :mod:`mechheads.viz` (figures and CircuitsVis from the analyses' results),
-   :mod:`mechheads.report` and :mod:`mechheads.cli` (``mechheads report``: the one-command HTML report).
+   :mod:`mechheads.report` and :mod:`mechheads.cli` (``mechheads report``: the one-command HTML report),
+   :mod:`mechheads.zoo_build` (training the zoo models and writing their cards, which run the methods).
+
+:mod:`mechheads.arch`, :mod:`mechheads.errors` and :mod:`mechheads.tokenizer` are foundations of layer 1.
+``tests/test_architecture.py`` checks the layering on every module's imports.
 """
 
 from mechheads.arch import ArchConfig

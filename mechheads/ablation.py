@@ -1,8 +1,9 @@
 """Head ablation: zero, mean, resample and α-scaling, and fast batched sweeps over heads.
 
-Method (seed review §6–§8): replace a head's output ``z`` (before ``W_O``) with zeros, with its
-mean over a reference data set (per position or position-agnostic), with its value on other
-prompts (resampling), or scale it by α — then measure a task metric.
+Method (Kadem & Zheng 2026, "Interpreting Transformers Through Attention Head Intervention",
+§6–§8): replace a head's output ``z`` (before ``W_O``) with zeros, with its mean over a reference
+data set (per position or position-agnostic), with its value on other prompts (resampling), or
+scale it by α — then measure a task metric.
 
 Engine: every analysis here reduces to *evaluate a metric under K head masks*. The batch is
 repeated K times (copy-major) and copy k ablates the heads of mask k, so one forward serves many

@@ -1,8 +1,10 @@
-"""Analyses built on many ablations at once (seed review §9–§12).
+"""Analyses built on many ablations at once (Kadem & Zheng 2026, "Interpreting Transformers Through
+Attention Head Intervention", §9–§12).
 
 * :func:`cumulative_ablation` — ablate heads in a given order, one more each step (a curve).
 * :func:`iterative_pruning` — repeatedly remove the least important remaining head, re-evaluating
-  the rest each round; how many heads can go at ≤ X % metric loss (the review's redundancy figures).
+  the rest each round; how many heads can go at ≤ X % metric loss (the redundancy figures of
+  Kadem & Zheng 2026, §8).
 * :func:`pairwise_interactions` — effect(A), effect(B), effect(A∪B) and the interaction term;
   redundant pairs and backup heads.
 * :func:`faithfulness` — comprehensiveness and sufficiency curves of a head ranking (Jacovi & Goldberg).
@@ -320,3 +322,14 @@ def distribution_shift(
                 )
             )
     return pd.DataFrame(rows)
+
+
+__all__ = [
+    "FaithfulnessResult",
+    "PruningResult",
+    "cumulative_ablation",
+    "distribution_shift",
+    "faithfulness",
+    "iterative_pruning",
+    "pairwise_interactions",
+]

@@ -240,3 +240,14 @@ def to_bridge_native_state(cfg: ArchConfig, state: dict[str, torch.Tensor]) -> d
             out[f"{t}.mlp.fc_out.weight"] = state[f"{s}.mlp.W_out"].T
             out[f"{t}.mlp.fc_out.bias"] = state[f"{s}.mlp.b_out"]
     return {k: v.detach().clone().contiguous().float() for k, v in out.items()}
+
+
+__all__ = [
+    "ArchConfig",
+    "ReferenceTransformer",
+    "check_state",
+    "init_state",
+    "param_shapes",
+    "rotary",
+    "to_bridge_native_state",
+]

@@ -1,4 +1,5 @@
-"""Cheap estimators of head importance and their agreement with exact sweeps (seed review §11).
+"""Cheap estimators of head importance and their agreement with exact sweeps (Kadem & Zheng 2026,
+"Interpreting Transformers Through Attention Head Intervention", §11).
 
 * :func:`gradient_importance` — ∂metric/∂gate at gate = 1, one forward and one backward.
 * :func:`attribution_patching` — first-order estimate of every head's patching effect
@@ -11,8 +12,8 @@
   Attribution for Deep Networks") on the head gates, from all gates 0 to all gates 1.
 * :func:`rank_agreement` — Spearman, Kendall and top-k overlap between two head rankings.
 * :func:`compare_estimators` — every estimator next to the exact ablation (and patching) sweep,
-  with the pairwise agreement table the review reports for BERT (Spearman vs ablation: gradient
-  0.28, rollout 0.35, integrated gradients 0.41).
+  with the pairwise agreement table that Kadem & Zheng (2026, §11) report for BERT (Spearman vs
+  ablation: gradient 0.28, rollout 0.35, integrated gradients 0.41).
 
 Example:
     >>> from mechheads import zoo
@@ -593,7 +594,8 @@ def compare_estimators(
     read: ReadPositions = "targets",
     progress: bool = True,
 ) -> EstimatorComparison:
-    """Rank every head with each estimator and tabulate their pairwise agreement (review §11).
+    """Rank every head with each estimator and tabulate their pairwise agreement (as Kadem & Zheng
+    2026, "Interpreting Transformers Through Attention Head Intervention", §11, do for BERT).
 
     Estimators (``estimators``; default: all that apply):
 
@@ -609,7 +611,8 @@ def compare_estimators(
 
     Score: by default (``signed=False``) every estimator ranks heads by the magnitude of its
     effect estimate (|metric change|, |gradient|, |attribution|; rollout is already unsigned), so
-    a head that matters in either direction counts as important, as in the review's comparison.
+    a head that matters in either direction counts as important, as in the comparison Kadem & Zheng
+    (2026) report.
     With ``signed=True`` heads are ranked by the damage each estimator predicts — metric change
     oriented so that positive means the head helps the metric (ablation, gradient and IG; for
     patching and attribution patching the change patched − corrupted, oriented the same way);
@@ -742,3 +745,17 @@ def _comparison_tables(
                 )
             )
     return pd.concat(frames, ignore_index=True), pd.DataFrame(rows)
+
+
+__all__ = [
+    "DEFAULT_ESTIMATORS",
+    "ESTIMATORS",
+    "EstimatorComparison",
+    "attribution_patching",
+    "compare_estimators",
+    "gradient_importance",
+    "integrated_gradients",
+    "rank_agreement",
+    "rollout_scores",
+    "rollout_scores_naive",
+]

@@ -1,9 +1,10 @@
-"""Head-to-head cascades: how much does ablating one head move each later head? (seed review §9)
+"""Head-to-head cascades: how much does ablating one head move each later head?
 
-The review describes a hierarchy: early heads compute primitive features that later heads compose,
-so ablating an early head causes cascading failures downstream, while some later heads act as
-backups whose output grows when another head is removed (Voita et al. 2019; Wang et al. 2023,
-"Interpretability in the Wild", for backup name movers).
+Kadem & Zheng (2026, "Interpreting Transformers Through Attention Head Intervention", §9) describe
+a hierarchy: early heads compute primitive features that later heads compose, so ablating an early
+head causes cascading failures downstream, while some later heads act as backups whose output
+grows when another head is removed (Voita et al. 2019; Wang et al. 2023, "Interpretability in the
+Wild", for backup name movers).
 
 :func:`head_effects` measures, for every source head A and every head B in a later layer:
 
@@ -310,3 +311,11 @@ def head_effects_naive(
                         )
                     )
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+__all__ = [
+    "COLUMNS",
+    "CascadeResult",
+    "head_effects",
+    "head_effects_naive",
+]

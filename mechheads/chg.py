@@ -13,9 +13,9 @@ both ≥ 0.5 (the G+ and G− fits disagree), and ``unclear`` where all three sc
 
 **The strength of λ is per gate.** The authors' code divides the regulariser by the number of
 gates (a mean over L×H), so a head in a 1,024-head model feels λ/1,024 while a head in a 16-head
-zoo model would feel λ/16 — 64 times more — and the task signal drowns (measured in
-REFERENCE.md §1: an interfering head came out "irrelevant"). Here ``lam`` multiplies the *sum*
-over gates; the default :data:`DEFAULT_LAMBDA` = 1.5e-4 is the paper's λ = 0.1 spread over the
+zoo model would feel λ/16 — 64 times more — and the task signal drowns (measured on a hand-built
+4-head model in ``tests/test_chg.py``: an interfering head came out "irrelevant"). Here ``lam``
+multiplies the *sum* over gates; the default :data:`DEFAULT_LAMBDA` = 1.5e-4 is the paper's λ = 0.1 spread over the
 672 heads of Llama-3.2-3B, the paper's main model. To reproduce the reference code's mean-form
 λ on a given model, pass ``lam = λ_mean / (n_layers · n_heads)`` (:func:`per_gate_lambda`).
 
@@ -40,7 +40,6 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +51,8 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
+from mechheads import _state
+from mechheads._state import state_error
 from mechheads.ablation import _metric_values, as_batch
 from mechheads.errors import MechheadsError
 from mechheads.hooks import gate_heads
@@ -377,9 +378,12 @@ def fit_phase(
     """Fit K gate sets (``logits`` [K, L, H]) for one phase: minimise ``objective − lam · Σ
     clamp(logit, ±logit_clip)`` by Adam with a linear learning-rate decay ``lr = (start, end)``.
 
-    With ``checkpoint``, the state (logits, Adam moments, update count) is written atomically every
-    ``checkpoint_every`` updates and a rerun with the same arguments resumes from it, producing
-    the same gates as an uninterrupted fit.
+    With ``checkpoint``, the state (logits, Adam moments, update count, the trajectory so far) is
+    written atomically every ``checkpoint_every`` updates and a rerun with the same arguments
+    resumes from it, producing the same gates as an uninterrupted fit. ``checkpoint`` is a JSON file
+    (the fit's identity and update count); the tensors sit beside it in a safetensors file
+    (:mod:`mechheads._state`). A checkpoint of another fit, or a file that is not such a checkpoint,
+    raises :class:`~mechheads.errors.MechheadsError`.
     """
     check_gateable(model)
     _check_phase_lambda(phase, lam)
@@ -417,17 +421,7 @@ def fit_phase(
         ).encode()
     ).hexdigest()[:16]
     if ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
-        if state.get("key") != key:
-            raise MechheadsError(
-                f"checkpoint {str(ckpt)!r} belongs to a different fit (model, data, phase, λ, schedule or start differ); "
-                "delete it or pass another checkpoint path"
-            )
-        with torch.no_grad():
-            param.copy_(state["param"])
-        opt.load_state_dict(state["opt"])
-        start = state["step"]
-        traj[:start], losses[:start] = state["traj"][:start], state["losses"][:start]
+        start = _load_phase_checkpoint(ckpt, key, param, opt, traj, losses)
 
     was_training = [p.requires_grad for p in model.parameters()]
     model.requires_grad_(False)
@@ -470,24 +464,78 @@ def fit_phase(
             if progress:
                 bar.set_postfix(loss=f"{float(task.detach().mean()):.4f}")
             if ckpt is not None and ((t + 1) % checkpoint_every == 0 or t + 1 == n_updates):
-                tmp = ckpt.with_suffix(ckpt.suffix + ".tmp")
-                torch.save(
-                    {
-                        "key": key,
-                        "param": param.detach().cpu(),
-                        "opt": opt.state_dict(),
-                        "step": t + 1,
-                        "traj": traj,
-                        "losses": losses,
-                    },
-                    tmp,
-                )
-                os.replace(tmp, ckpt)  # atomic: an interrupt never leaves a half-written file
+                _save_phase_checkpoint(ckpt, key, t + 1, param, opt, traj, losses)
     finally:
         bar.close()
         for p, flag in zip(model.parameters(), was_training, strict=True):
             p.requires_grad_(flag)
     return PhaseFit(phase, lam, param.detach(), traj, losses)
+
+
+_PHASE_KIND = "chg-phase-checkpoint"
+_ADAM_STATE = ("step", "exp_avg", "exp_avg_sq")
+
+
+def _save_phase_checkpoint(
+    path: Path,
+    key: str,
+    step: int,
+    param: torch.Tensor,
+    opt: torch.optim.Adam,
+    traj: torch.Tensor,
+    losses: torch.Tensor,
+) -> None:
+    """The resume point after ``step`` updates: identity and count in JSON, tensors in safetensors.
+    Adam's hyperparameters are not stored: the resumed fit builds its optimiser from the same
+    arguments (and sets the learning rate before every update)."""
+    adam = opt.state_dict()["state"][0]
+    tensors = {"param": param, "traj": traj[:step], "losses": losses[:step]}
+    tensors |= {f"adam.{name}": adam[name] for name in _ADAM_STATE}
+    _state.save(path, _PHASE_KIND, {"key": key, "step": step}, tensors)
+
+
+def _load_phase_checkpoint(
+    path: Path,
+    key: str,
+    param: torch.Tensor,
+    opt: torch.optim.Adam,
+    traj: torch.Tensor,
+    losses: torch.Tensor,
+) -> int:
+    """Restore a :func:`_save_phase_checkpoint` state into ``param``, ``opt``, ``traj`` and
+    ``losses`` after checking it field by field; returns the number of updates already done."""
+    payload, tensors = _state.load(path, _PHASE_KIND)
+    _state.check(path, payload, {"key": str, "step": int})
+    if payload["key"] != key:
+        raise MechheadsError(
+            f"checkpoint {str(path)!r} belongs to a different fit (model, data, phase, λ, schedule or start differ); "
+            "delete it or pass another checkpoint path"
+        )
+    n_updates = len(traj)
+    step = payload["step"]
+    if not 1 <= step <= n_updates:
+        raise state_error(path, f"records {step} updates done, outside 1 … {n_updates}")
+    shape, dtype = tuple(param.shape), param.dtype
+    spec = {
+        "param": (shape, dtype),
+        "traj": ((step, *traj.shape[1:]), traj.dtype),
+        "losses": ((step, *losses.shape[1:]), losses.dtype),
+        "adam.step": ((), torch.float32),
+        "adam.exp_avg": (shape, dtype),
+        "adam.exp_avg_sq": (shape, dtype),
+    }
+    _state.check_tensors(path, tensors, spec)
+    if float(tensors["adam.step"]) != step:
+        raise state_error(
+            path, f"has Adam at step {float(tensors['adam.step'])!r} but records {step} updates"
+        )
+    with torch.no_grad():
+        param.copy_(tensors["param"])
+    sd = opt.state_dict()
+    sd["state"] = {0: {name: tensors[f"adam.{name}"] for name in _ADAM_STATE}}
+    opt.load_state_dict(sd)
+    traj[:step], losses[:step] = tensors["traj"], tensors["losses"]
+    return step
 
 
 # ----- results ---------------------------------------------------------------------------------
@@ -619,6 +667,106 @@ class CHGResult:
             )
         return pd.concat(out, ignore_index=True)
 
+    def save(self, path: str | Path) -> None:
+        """Store the fit at ``path``: a JSON file (layers, heads, seeds, config, phases) and, beside
+        it, a safetensors file of every phase's logits, trajectory and losses; written atomically.
+        :meth:`load` gives back an equal result."""
+        c = self.config
+        config = {
+            "n_updates": c.n_updates,
+            "n_updates_reg": c.n_updates_reg,
+            "batch_size": c.batch_size,
+            "lr_fit": [float(x) for x in c.lr_fit],
+            "lr_reg": [float(x) for x in c.lr_reg],
+            "lam": float(c.lam),
+            "logit_clip": float(c.logit_clip),
+            "grad_clip": None if c.grad_clip is None else float(c.grad_clip),
+        }
+        phases, tensors = [], {}
+        for name, ph in self.phases.items():
+            parts = {"logits": ph.logits, "trajectory": ph.trajectory, "losses": ph.losses}
+            phases.append(
+                {
+                    "phase": name,
+                    "lam": float(ph.lam),
+                    "n_updates": int(ph.trajectory.shape[0]),
+                    "dtypes": {k: str(v.dtype).removeprefix("torch.") for k, v in parts.items()},
+                }
+            )
+            tensors |= {f"{name}.{k}": v for k, v in parts.items()}
+        payload = {
+            "n_layers": self.n_layers,
+            "n_heads": self.n_heads,
+            "seeds": list(self.seeds),
+            "config": config,
+            "phases": phases,
+        }
+        _state.save(path, _RESULT_KIND, payload, tensors)
+
+    @classmethod
+    def load(cls, path: str | Path) -> CHGResult:
+        """A result stored by :meth:`save` (on the CPU), after checking the file's structure, names,
+        shapes and dtypes; anything unexpected raises :class:`~mechheads.errors.MechheadsError`."""
+        path = Path(path)
+        if not path.exists():
+            raise MechheadsError(f"no CHG result at {str(path)!r}")
+        payload, tensors = _state.load(path, _RESULT_KIND)
+        dtypes = {"logits": str, "trajectory": str, "losses": str}
+        spec = {
+            "n_layers": int,
+            "n_heads": int,
+            "seeds": [int],
+            "config": {
+                "n_updates": int,
+                "n_updates_reg": (int, type(None)),
+                "batch_size": int,
+                "lr_fit": [float],
+                "lr_reg": [float],
+                "lam": float,
+                "logit_clip": float,
+                "grad_clip": (float, type(None)),
+            },
+            "phases": [{"phase": str, "lam": float, "n_updates": int, "dtypes": dtypes}],
+        }
+        _state.check(path, payload, spec)
+        L, H, seeds = payload["n_layers"], payload["n_heads"], payload["seeds"]
+        if L < 1 or H < 1 or not seeds or len(set(seeds)) != len(seeds):
+            raise state_error(path, f"has {L} layers, {H} heads and seeds {seeds[:10]}")
+        c = payload["config"]
+        try:
+            config = CHGConfig(**{**c, "lr_fit": tuple(c["lr_fit"]), "lr_reg": tuple(c["lr_reg"])})
+        except MechheadsError as e:
+            raise state_error(path, f"has an invalid config ({e})") from None
+        allowed = {"float32": torch.float32, "float64": torch.float64}
+        shapes, names = {}, [p["phase"] for p in payload["phases"]]
+        if sorted(names) != ["minus", "plus", "zero"]:
+            raise state_error(path, f"has phases {names}, expected zero, plus and minus once each")
+        for p in payload["phases"]:
+            n, K = p["n_updates"], len(seeds)
+            if n < 1 or not set(p["dtypes"].values()) <= set(allowed):
+                raise state_error(path, f"has phase {p['phase']!r} with {n} updates and dtypes {p['dtypes']}")
+            dt = {k: allowed[v] for k, v in p["dtypes"].items()}
+            shapes |= {
+                f"{p['phase']}.logits": ((K, L, H), dt["logits"]),
+                f"{p['phase']}.trajectory": ((n, K, L, H), dt["trajectory"]),
+                f"{p['phase']}.losses": ((n, K), dt["losses"]),
+            }
+        _state.check_tensors(path, tensors, shapes)
+        phases = {
+            p["phase"]: PhaseFit(
+                p["phase"],
+                p["lam"],
+                tensors[f"{p['phase']}.logits"],
+                tensors[f"{p['phase']}.trajectory"],
+                tensors[f"{p['phase']}.losses"],
+            )
+            for p in payload["phases"]
+        }
+        return cls(L, H, seeds, config, phases)
+
+
+_RESULT_KIND = "chg-result"
+
 
 def _objective(model: HeadModel, data, loss) -> Objective:
     if isinstance(data, (Task, TokenBatch)):
@@ -691,7 +839,7 @@ def fit(
                 lam=lam,
                 n_updates=n,
                 lr=lr,  # type: ignore[arg-type]
-                checkpoint=ckdir / f"{phase}-{j}.pt" if ckdir else None,
+                checkpoint=ckdir / f"{phase}-{j}.json" if ckdir else None,
                 **common,
             )
             for j, g in enumerate(groups)

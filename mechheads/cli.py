@@ -144,7 +144,7 @@ def _info_options(p: argparse.ArgumentParser) -> None:
 def cmd_info(args) -> int:
     from mechheads import zoo
     from mechheads.errors import MechheadsError
-    from mechheads.zoo.cards import evaluate, standard_tasks
+    from mechheads.zoo_build.cards import evaluate, standard_tasks
 
     if args.n < 1:
         raise MechheadsError(f"--n must be at least 1, got {args.n}")
@@ -173,7 +173,7 @@ def cmd_zoo(args) -> int:
                 f"{name:16s} {a['n_layers']} layers x {a['n_heads']} heads, d_model {a['d_model']}, {kind}, ctx {a['n_ctx']}"
             )
         return 0
-    from mechheads.zoo.train import main as train_main
+    from mechheads.zoo_build.train import main as train_main
 
     argv = [args.name] + [
         f"--{k}={v}" for k in ("steps", "seed", "out") if (v := getattr(args, k)) is not None
@@ -196,6 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     except MechheadsError as e:
         print(f"mechheads: error: {e}", file=sys.stderr)
         return 2
+
+
+__all__ = [
+    "main",
+]
 
 
 if __name__ == "__main__":

@@ -294,3 +294,16 @@ def _as_groups(found: pd.DataFrame, types: Sequence[str]) -> dict[str, list[str]
         for t in types
         if (found.type == t).any()
     }
+
+
+__all__ = [
+    "SCORE_TYPES",
+    "confirm_by_ablation",
+    "copying_scores",
+    "detect_heads",
+    "head_scores",
+    "induction_scores",
+    "repeated_sequences",
+    "repeated_tokens",
+    "token_embeddings",
+]

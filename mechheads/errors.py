@@ -26,3 +26,11 @@ def check_positive_ints(obj, names) -> None:
         v = getattr(obj, name)
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise MechheadsError(f"{type(obj).__name__}.{name} must be an integer >= 1, got {v!r}")
+
+
+__all__ = [
+    "MechheadsError",
+    "UnknownTokenError",
+    "check_positive_ints",
+    "preview",
+]

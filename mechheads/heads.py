@@ -149,3 +149,12 @@ def mask_to_heads(mask: torch.Tensor) -> list[Head]:
     if mask.ndim != 2:
         raise MechheadsError(f"a head mask must be 2-D [layer, head], got shape {tuple(mask.shape)}")
     return [Head(int(l), int(h)) for l, h in mask.bool().nonzero().tolist()]
+
+
+__all__ = [
+    "Head",
+    "all_heads",
+    "heads_to_mask",
+    "mask_to_heads",
+    "parse_heads",
+]

@@ -232,3 +232,11 @@ def replace_heads(
         hooks.append((hook_z(layer), fn))
     with model.hooks(hooks):
         yield model
+
+
+__all__ = [
+    "gate_heads",
+    "position_mask",
+    "replace_heads",
+    "scale_heads",
+]

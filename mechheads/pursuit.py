@@ -1,10 +1,11 @@
 """Head Pursuit: label attention heads with Simultaneous Orthogonal Matching Pursuit, steer by rescaling.
 
-After Basile et al. (2025), "Head Pursuit" (surveyed in the head-intervention review, §13). For each
-head, the matrix ``X ∈ R^{n×d_model}`` holds its write into the residual stream (``z @ W_O[l, h]``),
-one row per prompt (positions averaged) or per token, centred over rows. SOMP explains all rows at
-once with a few atoms of a dictionary of L2-normalised directions — by default the unembedding
-columns, one per token:
+After Basile et al. (2025), "Head Pursuit: Probing Attention Specialization in Multimodal
+Transformers" (surveyed by Kadem & Zheng 2026, "Interpreting Transformers Through Attention Head
+Intervention", §13). For each head, the matrix ``X ∈ R^{n×d_model}`` holds its write into the
+residual stream (``z @ W_O[l, h]``), one row per prompt (positions averaged) or per token, centred
+over rows. SOMP explains all rows at once with a few atoms of a dictionary of L2-normalised
+directions — by default the unembedding columns, one per token:
 
 1. ``R = X``, support ``S = []``;
 2. ``k`` times: pick the atom ``j`` maximising ``‖D_j Rᵀ‖₁`` (not yet in ``S``), add it to ``S``,

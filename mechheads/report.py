@@ -6,17 +6,21 @@ as CSV:
 
 1. model, task and baseline metrics (and, for a zoo model, the card's evaluation measured now);
 2. single-head ablation sweeps (zero and mean), interfering heads;
-3. the review's estimators side by side: the exact ablation sweep, gradient importance,
-   integrated gradients, attention rollout and (with a corrupted task) exact activation patching
-   and attribution patching, with their pairwise rank agreement;
-4. Causal Head Gating: G+ / G− over several seeds, the taxonomy, Table 2, ECDFs, trajectories and the
-   Fig. 2 validation checks;
+3. the head-importance estimators compared by Kadem & Zheng (2026, "Interpreting Transformers
+   Through Attention Head Intervention", §11) side by side: the exact ablation sweep, gradient
+   importance, integrated gradients, attention rollout and (with a corrupted task) exact activation
+   patching and attribution patching, with their pairwise rank agreement;
+4. Causal Head Gating (Nam et al. 2025, "Causal Head Gating: A Framework for Interpreting Roles of
+   Attention Heads in Transformers"): G+ / G− over several seeds, the taxonomy, Table 2, ECDFs,
+   trajectories and the Fig. 2 validation checks;
 5. attention-head detectors (previous-token, induction, … scores on repeated random tokens);
 6. function-vector heads (average indirect effect) when the task is a function task;
 7. CircuitsVis attention patterns of the most important heads.
 
-Each finished section is stored under ``<out>/.state`` with a fingerprint of the model, the task and
-the options, so an interrupted run resumes where it stopped (``resume=False`` recomputes). The
+Each finished section is stored as JSON in ``<out>/.state/<section>.json`` (written atomically; see
+:mod:`mechheads._state`) with a fingerprint of the model, the task and the options, so an interrupted
+run resumes where it stopped (``resume=False`` recomputes). A state file that is not such a record
+raises :class:`~mechheads.errors.MechheadsError`; deleting it recomputes that section. The
 report only composes: analyses come from the method modules, pictures from :mod:`mechheads.viz`.
 
 Example:
@@ -31,7 +35,6 @@ from __future__ import annotations
 
 import hashlib
 import html
-import pickle
 import re
 import time
 from collections.abc import Callable
@@ -44,6 +47,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from mechheads import _state
+from mechheads._state import state_error
 from mechheads.errors import MechheadsError, check_positive_ints
 from mechheads.model import HeadModel
 from mechheads.tasks import generators as gen
@@ -53,7 +58,7 @@ from mechheads.tasks.metrics import METRICS
 if TYPE_CHECKING:
     from mechheads.ablation import AblationResult
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: sections stored as JSON (1: pickle, no longer read)
 
 
 @dataclass(frozen=True)
@@ -192,22 +197,129 @@ def _fingerprint(model: HeadModel, task: Task, corrupted: Task | None, cfg: Repo
     return h.hexdigest()
 
 
+_SECTION_KIND = "report-section"
+_DTYPES = {"bool", "object", "str", "string", "float32", "float64"} | {
+    f"{u}int{b}" for u in ("", "u") for b in (8, 16, 32, 64)
+}
+_NONFINITE = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
+
+
+def _encode_value(v):
+    """A table cell as JSON: null, bool, int, str, a finite float, {"float": "nan"|"inf"|"-inf"}
+    or {"missing": "NA"} (pandas' ``pd.NA``)."""
+    if v is pd.NA:
+        return {"missing": "NA"}
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not np.isfinite(v):
+        return {"float": "nan" if v != v else ("inf" if v > 0 else "-inf")}
+    if isinstance(v, (bool, int, float, str)):
+        return v
+    raise MechheadsError(f"report state: cannot store a table cell of type {type(v).__name__}")
+
+
+def _encode_table(name: str, df: pd.DataFrame) -> dict:
+    if not all(isinstance(c, str) for c in df.columns) or df.columns.duplicated().any():
+        raise MechheadsError(f"report state: table {name!r} needs unique string column names")
+    if not pd.api.types.is_integer_dtype(df.index.dtype):
+        raise MechheadsError(f"report state: table {name!r} needs an integer index")
+    columns = []
+    for c in df.columns:
+        dtype = str(df[c].dtype)
+        if dtype not in _DTYPES:
+            raise MechheadsError(
+                f"report state: column {c!r} of table {name!r} has unsupported dtype {dtype}"
+            )
+        columns.append({"name": c, "dtype": dtype, "values": [_encode_value(v) for v in df[c].tolist()]})
+    return {"name": name, "index": [int(i) for i in df.index], "columns": columns}
+
+
+def _decode_value(path: Path, v, where: str):
+    if isinstance(v, dict):
+        if v == {"missing": "NA"}:
+            return pd.NA
+        if set(v) != {"float"} or v["float"] not in _NONFINITE:
+            raise state_error(path, f"has an unknown cell encoding {str(v)[:40]} in {where}")
+        return _NONFINITE[v["float"]]
+    if v is not None and not isinstance(v, (bool, int, float, str)):
+        raise state_error(path, f"has a {type(v).__name__} cell in {where}")
+    return v
+
+
+def _decode_table(path: Path, t: dict) -> pd.DataFrame:
+    name = t["name"]
+    if t["index"] == list(range(len(t["index"]))):
+        index = pd.RangeIndex(len(t["index"]))
+    else:
+        try:
+            index = pd.Index(t["index"], dtype="int64")
+        except OverflowError:
+            raise state_error(path, f"has an index outside int64 in table {name!r}") from None
+    data = {}
+    for c in t["columns"]:
+        where = f"column {c['name']!r} of table {name!r}"
+        if c["dtype"] not in _DTYPES:
+            raise state_error(path, f"has unsupported dtype {c['dtype']!r} in {where}")
+        if len(c["values"]) != len(index) or c["name"] in data:
+            raise state_error(
+                path, f"has {len(c['values'])} values for {len(index)} rows (or a repeated column) in {where}"
+            )
+        values = [_decode_value(path, v, where) for v in c["values"]]
+        try:
+            data[c["name"]] = pd.Series(values, dtype=c["dtype"], index=index)
+        except (TypeError, ValueError, OverflowError) as e:
+            raise state_error(path, f"has values that are not {c['dtype']} in {where} ({e})") from None
+    return pd.DataFrame(data, index=index)
+
+
+_SECTION_SPEC = {
+    "fingerprint": str,
+    "section": {
+        "key": str,
+        "title": str,
+        "parts": [str],
+        "seconds": float,
+        "tables": [{"name": str, "index": [int], "columns": [{"name": str, "dtype": str, "values": list}]}],
+    },
+}
+
+
 def _load_state(path: Path, fingerprint: str) -> Section | None:
+    """The section stored at ``path`` if it was computed from the same inputs, else None.
+
+    The file is JSON (:mod:`mechheads._state`), checked field by field before use; a file that is
+    not such a state raises :class:`~mechheads.errors.MechheadsError` (delete it to recompute).
+    """
     if not path.exists():
         return None
-    try:
-        with path.open("rb") as f:
-            saved = pickle.load(f)
-    except Exception:  # a torn or foreign file: recompute the section
-        return None
-    return saved["section"] if saved.get("fingerprint") == fingerprint else None
+    payload, tensors = _state.load(path, _SECTION_KIND)
+    _state.check(path, payload, _SECTION_SPEC)
+    if tensors:
+        raise state_error(path, f"has tensors {sorted(tensors)}, but a report section has none")
+    if payload["fingerprint"] != fingerprint:
+        return None  # other inputs (model weights, task or options): recompute
+    s = payload["section"]
+    tables = {}
+    for t in s["tables"]:
+        if t["name"] in tables:
+            raise state_error(path, f"has table {t['name']!r} twice")
+        tables[t["name"]] = _decode_table(path, t)
+    return Section(s["key"], s["title"], list(s["parts"]), tables, s["seconds"])
 
 
 def _save_state(path: Path, fingerprint: str, section: Section) -> None:
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("wb") as f:
-        pickle.dump({"fingerprint": fingerprint, "section": section}, f)
-    tmp.replace(path)  # atomic: an interrupt never leaves a half-written state file
+    """Store a finished section as JSON, atomically (an interrupt never leaves a half-written file)."""
+    payload = {
+        "fingerprint": fingerprint,
+        "section": {
+            "key": section.key,
+            "title": section.title,
+            "parts": list(section.parts),
+            "seconds": float(section.seconds),
+            "tables": [_encode_table(name, df) for name, df in section.tables.items()],
+        },
+    }
+    _state.save(path, _SECTION_KIND, payload)
 
 
 # ----- sections ----------------------------------------------------------------------------------
@@ -248,7 +360,7 @@ def _section_overview(ctx: _Context, sec: Section) -> None:
         rows.append(dict(metric="logit_diff", value=metric_value(m, batch, "logit_diff")))
     sec.table("baseline", pd.DataFrame(rows), caption="Baseline metrics on the report's task")
     if ctx.zoo_name is not None:
-        from mechheads.zoo.cards import evaluate, standard_tasks
+        from mechheads.zoo_build.cards import evaluate, standard_tasks
 
         card = evaluate(m, standard_tasks(ctx.zoo_name, n=min(ctx.cfg.n, 100)))
         sec.table("zoo_evaluation", card, caption="The model card's evaluation, measured now", max_rows=30)
@@ -305,7 +417,8 @@ def _section_estimators(ctx: _Context, sec: Section) -> None:
         progress=ctx.progress,
     )
     sec.text(
-        "The review's estimators side by side (§11): the exact zero-ablation sweep, |gradient| at gate 1, "
+        'The head-importance estimators compared by Kadem & Zheng (2026, "Interpreting Transformers Through '
+        'Attention Head Intervention", §11), side by side: the exact zero-ablation sweep, |gradient| at gate 1, '
         "integrated gradients on the gates (gates 0 → 1) and attention rollout"
         + (
             f"; with the corrupted prompts also exact activation patching (clean z into the corrupted run) "
@@ -342,7 +455,8 @@ def _section_chg(ctx: _Context, sec: Section) -> None:
     config = chg.CHGConfig(n_updates=cfg.chg_updates, batch_size=cfg.chg_batch)
     res = chg.fit(ctx.model, ctx.task, seeds=seeds, config=config, data_seed=cfg.seed, progress=ctx.progress)
     sec.text(
-        f"Causal Head Gating: {len(seeds)} seeds, {cfg.chg_updates} updates per phase, batch {cfg.chg_batch}, "
+        f'Causal Head Gating (Nam et al. 2025, "Causal Head Gating: A Framework for Interpreting Roles of '
+        f'Attention Heads in Transformers"): {len(seeds)} seeds, {cfg.chg_updates} updates per phase, batch {cfg.chg_batch}, '
         f"λ per gate {config.lam:g}. Facilitation = G−, interference = 1 − G+, irrelevance = G+·(1 − G−)."
     )
     sec.figure(
@@ -350,21 +464,26 @@ def _section_chg(ctx: _Context, sec: Section) -> None:
         "G+ (max over seeds) against G− (min over seeds) per head, coloured by layer; shaded: role regions",
     )
     sec.figure(
-        viz.chg_role_map(res), "Roles per head (paper Fig. 3b): red = interference, green = facilitation"
+        viz.chg_role_map(res),
+        "Roles per head (Nam et al. 2025, Fig. 3b): red = interference, green = facilitation",
     )
     agg = res.aggregate("always")
     sec.figure(
         viz.head_heatmap(agg, "facilitation", center=0.5, title="facilitation (min over seeds)"),
         "Facilitation, always",
     )
-    sec.figure(viz.score_ecdf(res), "ECDF of the three scores over heads and seeds (paper Fig. 3a)")
-    sec.figure(viz.gate_trajectories(res), "Gate trajectories over updates (paper Fig. 1b)")
+    sec.figure(
+        viz.score_ecdf(res), "ECDF of the three scores over heads and seeds (Nam et al. 2025, Fig. 3a)"
+    )
+    sec.figure(viz.gate_trajectories(res), "Gate trajectories over updates (Nam et al. 2025, Fig. 1b)")
     sec.table("chg_always", agg, caption="Scores, minimum over seeds ('always'), with role labels")
     sec.table("chg_any", res.aggregate("any"), caption="Scores, maximum over seeds ('any')")
-    sec.table("chg_table2", res.summary(), caption="Paper Table 2: % heads with score ≥ 0.5")
+    sec.table("chg_table2", res.summary(), caption="Nam et al. 2025, Table 2: % heads with score ≥ 0.5")
     val = chg.validate(ctx.model, ctx.task, res, seeds=seeds[:1])
     sec.table(
-        "chg_validation", val.checks, caption="Fig. 2 validation: toggling heads in score order (seed 0)"
+        "chg_validation",
+        val.checks,
+        caption="Nam et al. 2025, Fig. 2 validation: toggling heads in score order (seed 0)",
     )
 
 
@@ -520,7 +639,7 @@ def build_report(
     for key, title, fn in bar:
         bar.set_postfix_str(key)
         fp = f"{inputs}|{key}"
-        state = out / ".state" / f"{key}.pkl"
+        state = out / ".state" / f"{key}.json"
         sec = _load_state(state, fp) if resume else None
         if sec is None:
             sec = Section(key, title)
@@ -536,7 +655,7 @@ def build_report(
         done.append(sec)
     for sec in done:
         for name, df in sec.tables.items():
-            df.to_csv(out / "tables" / f"{sec.key}_{name}.csv", index=False)
+            _state.write_text(out / "tables" / f"{sec.key}_{name}.csv", df.to_csv(index=False))
     meta = (
         f"mechheads report — {zoo_name or 'user model'}, task {task.name!r}, {len(task)} prompts, "
         f"{model.backend} backend; generated {time.strftime('%Y-%m-%d %H:%M:%S')}; "
@@ -544,9 +663,7 @@ def build_report(
     )
     page = render_page(f"mechheads report: {zoo_name or 'model'} on {task.name}", done, meta)
     html_path = out / "report.html"
-    tmp = html_path.with_suffix(".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(html_path)
+    _state.write_text(html_path, page)
     return Report(out, html_path, done)
 
 
@@ -557,3 +674,16 @@ def _sweep_from(sec: Section, metric: str):
     df = sec.tables["sweep"]
     zero = df[df.method == "zero"].reset_index(drop=True)
     return AblationResult(zero, metric, "zero", float(zero.baseline.iloc[0]), _orientation(metric, None))
+
+
+__all__ = [
+    "SECTIONS",
+    "ZOO_DEFAULT_TASK",
+    "Report",
+    "ReportConfig",
+    "Section",
+    "build_report",
+    "check_text_model",
+    "default_task",
+    "render_page",
+]

@@ -29,9 +29,10 @@ from mechheads.chg import (
 from mechheads.hooks import gate_heads
 
 # A 1-layer, 4-head model whose heads write fixed vectors (W_V = 0, b_V constant), so their roles
-# are known by construction (REFERENCE §1's check): head 0 raises the target token (facilitating),
-# head 1 raises a competitor (interfering), head 2 raises the target weakly (facilitating, weaker),
-# head 3 writes nothing (irrelevant). Every token embeds to the same vector, so the prediction is
+# are known by construction (a ground truth for the taxonomy of Nam et al. 2025, "Causal Head
+# Gating: A Framework for Interpreting Roles of Attention Heads in Transformers"): head 0 raises
+# the target token (facilitating), head 1 raises a competitor (interfering), head 2 raises the
+# target weakly (facilitating, weaker), head 3 writes nothing (irrelevant). Every token embeds to the same vector, so the prediction is
 # the same at every position: target token 0.
 HAND = ArchConfig(n_layers=1, n_heads=4, d_model=8, d_head=2, d_vocab=4, n_ctx=8)
 
@@ -86,9 +87,9 @@ def test_taxonomy_recovers_the_built_roles(backend):
 
 
 def test_mean_form_lambda_on_few_heads_drowns_the_task_signal(backend):
-    # REFERENCE §1: the reference's λ = 0.1 on the *mean* over 4 gates is 0.025 per gate — ~170×
-    # the paper's per-gate pressure — and a weakly interfering head comes out irrelevant; the
-    # per-gate default keeps it interfering.
+    # The authors' code for Nam et al. 2025 (Causal Head Gating) puts λ = 0.1 on the *mean* over
+    # gates: over 4 gates that is 0.025 per gate — ~170× the paper's per-gate pressure — and a
+    # weakly interfering head comes out irrelevant; the per-gate default keeps it interfering.
     model = build_model(HAND, hand_state(writes=(1.0, 0.15, 0.5, 0.0)), backend=backend)
     batch = hand_batch(128)
     strong = CHGConfig(n_updates=100, batch_size=32, lam=per_gate_lambda(0.1, model))
@@ -383,3 +384,140 @@ def test_contrastive_loss_averages_log_probabilities_per_target_token():
         lf = target_logprob(model(forget.tokens), forget, reduce="none") / 3
     want = -lr.mean() + (lf - lr).clamp(min=-0.5).mean()
     assert abs(float(got[0]) - float(want)) < 1e-5
+# ----- checkpoints and saved results are JSON + safetensors, checked before use -------------------
+class _Marker:
+    """Unpickling this creates ``path``: a stand-in for code a malicious pickle would run."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (type(self.path).touch, (self.path,))
+
+
+def _interrupted_checkpoint(model, tmp_path, name="plus.json"):
+    obj = TaskLoss(model, hand_batch())
+    start = init_logits(model, [0, 1])
+    kw = dict(phase="plus", lam=0.01, n_updates=12, lr=(0.5, 0.1), batch_size=16, progress=False)
+    ck = tmp_path / name
+    with pytest.raises(Interrupt):
+        fit_phase(model, Flaky(obj, fail_at=8), start, checkpoint=ck, checkpoint_every=5, **kw)
+    return ck, (lambda: fit_phase(model, obj, start, checkpoint=ck, checkpoint_every=5, **kw))
+
+
+def test_checkpoint_is_json_and_safetensors_never_pickle(tmp_path):
+    import json
+    import pickle
+
+    model = hand_model(BACKENDS[0])
+    ck, resume = _interrupted_checkpoint(model, tmp_path)
+    record = json.loads(ck.read_text())
+    assert record["kind"] == "chg-phase-checkpoint" and record["payload"]["step"] == 5
+    tensor_files = [p.name for p in tmp_path.iterdir() if p.suffix == ".safetensors"]
+    assert tensor_files == [record["tensors"]["file"]]  # one tensor file: the one the JSON names
+    marker = tmp_path / "unpickled"
+    ck.write_bytes(pickle.dumps({"key": "x", "step": 1, "boom": _Marker(marker)}))
+    with pytest.raises(
+        MechheadsError, match=r"plus\.json' is not a JSON state file.*delete it to start afresh"
+    ):
+        resume()
+    assert not marker.exists()  # the pickle was never unpickled
+    torch.save({"key": "x", "step": 1}, ck)  # the old torch.save format is refused the same way
+    with pytest.raises(MechheadsError, match="is not a JSON state file"):
+        resume()
+
+
+def test_tampered_checkpoint_is_refused_with_what_is_wrong(tmp_path):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    model = hand_model(BACKENDS[0])
+    ck, resume = _interrupted_checkpoint(model, tmp_path)
+    good = ck.read_text()
+    record = json.loads(good)
+
+    def write(payload=None, **top):
+        ck.write_text(json.dumps({**record, **top, "payload": {**record["payload"], **(payload or {})}}))
+
+    write({"step": "5"})
+    with pytest.raises(MechheadsError, match=r"has str '5' at step where an int belongs; delete it"):
+        resume()
+    write({"step": 99})
+    with pytest.raises(MechheadsError, match="records 99 updates done, outside 1 … 12"):
+        resume()
+    write({"extra": 1})
+    with pytest.raises(
+        MechheadsError, match=r"wrong fields at the top level \(missing \[\], unexpected \['extra'\]\)"
+    ):
+        resume()
+    write(kind="report-section")
+    with pytest.raises(MechheadsError, match="holds a 'report-section' state where a 'chg-phase-checkpoint'"):
+        resume()
+    write(tensors={**record["tensors"], "file": "../elsewhere.safetensors"})
+    with pytest.raises(
+        MechheadsError, match="names the tensor file '../elsewhere.safetensors', not one of its own"
+    ):
+        resume()
+    # tensors of the wrong shape, with the hash updated so that only the shape check can catch them
+    tfile = tmp_path / record["tensors"]["file"]
+    tensors = load_file(tfile)
+    tensors["param"] = torch.zeros(3, 1, 4)
+    save_file(tensors, tfile)
+    write()
+    with pytest.raises(MechheadsError, match="SHA-256 differs"):
+        resume()
+    import hashlib
+
+    write(tensors={**record["tensors"], "sha256": hashlib.sha256(tfile.read_bytes()).hexdigest()})
+    with pytest.raises(
+        MechheadsError, match=r"tensor 'param' of shape \[3, 1, 4\] torch.float32, expected \[2, 1, 4\]"
+    ):
+        resume()
+    tensors["param"] = torch.full((2, 1, 4), float("nan"))
+    save_file(tensors, tfile)
+    write(tensors={**record["tensors"], "sha256": hashlib.sha256(tfile.read_bytes()).hexdigest()})
+    with pytest.raises(MechheadsError, match="non-finite values in tensor 'param'"):
+        resume()
+
+
+def test_fit_with_checkpoint_dir_resumes_every_phase(tmp_path):
+    model, batch = hand_model(BACKENDS[0]), hand_batch()
+    cfg = CHGConfig(n_updates=6, batch_size=8)
+    ref = fit(model, batch, seeds=[0, 1], config=cfg, progress=False)
+    done = fit(model, batch, seeds=[0, 1], config=cfg, checkpoint_dir=tmp_path, progress=False)
+    names = sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".json")
+    assert names == ["minus-0.json", "plus-0.json", "zero-0.json"]
+    again = fit(model, batch, seeds=[0, 1], config=cfg, checkpoint_dir=tmp_path, progress=False)
+    for res in (done, again):
+        for p in ("zero", "plus", "minus"):
+            assert torch.equal(res.phases[p].logits, ref.phases[p].logits)
+            assert torch.equal(res.phases[p].trajectory, ref.phases[p].trajectory)
+
+
+def test_result_saves_and_loads_exactly_and_refuses_tampering(tmp_path):
+    import json
+
+    model, batch = hand_model(BACKENDS[0]), hand_batch()
+    res = fit(model, batch, seeds=[3, 5], config=CHGConfig(n_updates=4, batch_size=8), progress=False)
+    path = tmp_path / "chg.json"
+    res.save(path)
+    back = CHGResult.load(path)
+    assert (back.n_layers, back.n_heads, back.seeds, back.config) == (1, 4, [3, 5], res.config)
+    for p in ("zero", "plus", "minus"):
+        a, b = res.phases[p], back.phases[p]
+        assert a.lam == b.lam and torch.equal(a.logits.cpu(), b.logits)
+        assert torch.equal(a.trajectory, b.trajectory) and torch.equal(a.losses, b.losses)
+    assert back.scores().equals(res.scores())
+    record = json.loads(path.read_text())
+    record["payload"]["config"]["lam"] = -1.0
+    path.write_text(json.dumps(record))
+    with pytest.raises(MechheadsError, match=r"chg\.json' has an invalid config \(CHGConfig.lam"):
+        CHGResult.load(path)
+    record["payload"]["config"]["lam"] = 0.01
+    record["payload"]["seeds"] = [3, 5, 7]  # three seeds for tensors of two
+    path.write_text(json.dumps(record))
+    with pytest.raises(
+        MechheadsError, match=r"tensor 'zero.logits' of shape \[2, 1, 4\].*expected \[3, 1, 4\]"
+    ):
+        CHGResult.load(path)

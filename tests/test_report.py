@@ -162,3 +162,49 @@ def test_every_zoo_text_model_has_a_default_report_task():
     for name in zoo.list_models("text"):
         task, _ = default_task(rp.ZOO_DEFAULT_TASK[name], 4)
         assert len(task) == 4
+
+
+class _Marker:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):  # unpickling would create the marker file
+        return (type(self.path).touch, (self.path,))
+
+
+def test_section_state_is_json_and_a_tampered_one_is_refused(model, tmp_path):
+    import json
+    import pickle
+
+    task, _ = default_task("induction", 4)
+    kw = dict(out_dir=tmp_path, config=QUICK, sections=["overview"], progress=False)
+    first = build_report(model, task, **kw)
+    state = tmp_path / ".state" / "overview.json"
+    record = json.loads(state.read_text())
+    assert record["kind"] == "report-section" and record["tensors"] is None
+    assert sorted(p.name for p in (tmp_path / ".state").iterdir()) == ["overview.json"]
+    again = build_report(model, task, **kw)  # resumed from the JSON: the same tables, dtypes included
+    for name, df in first.tables.items():
+        pd.testing.assert_frame_equal(again.tables[name], df, check_exact=True)
+    marker = tmp_path / "unpickled"
+    state.write_bytes(pickle.dumps({"fingerprint": "x", "section": _Marker(marker)}))
+    with pytest.raises(
+        MechheadsError, match=r"overview\.json' is not a JSON state file.*delete it to start afresh"
+    ):
+        build_report(model, task, **kw)
+    assert not marker.exists()  # never unpickled
+    table = record["payload"]["section"]["tables"][1]
+    table["columns"][1]["values"][0] = "not a number"  # the baseline table's float column
+    state.write_text(json.dumps(record))
+    with pytest.raises(
+        MechheadsError, match=r"values that are not float64 in column 'value' of table 'baseline'"
+    ):
+        build_report(model, task, **kw)
+    record["payload"]["section"]["seconds"] = "1.0"
+    state.write_text(json.dumps(record))
+    with pytest.raises(
+        MechheadsError, match=r"has str '1.0' at section.seconds where a finite float belongs"
+    ):
+        build_report(model, task, **kw)
+    state.unlink()  # deleting the file starts that section afresh
+    assert build_report(model, task, **kw).tables.keys() == first.tables.keys()

@@ -36,6 +36,7 @@ from mechheads.vision import (
 from mechheads.vision.analysis import chg_objective, label_head
 from mechheads.vision.data import _LUMA, BOTTOM, LEFT, RIGHT, TOP
 from mechheads.vision.model import init_patch_state
+from mechheads.vision.model import load as load_vit
 
 SMALL = ViTConfig(n_layers=2, n_heads=3, d_model=16, d_head=8, d_mlp=32)
 
@@ -346,7 +347,7 @@ def test_specialisation_rejects_masks_of_the_wrong_shape(data):
 
 # ----- the zoo ViT -------------------------------------------------------------------------------
 def test_zoo_vit_reproduces_its_reference_and_beats_the_mean_predictor(backend):
-    vit = zoo.load_vision("vit-chirp", backend=backend)
+    vit = load_vit("vit-chirp", backend=backend)
     ref = load_file(zoo.model_dir("vit-chirp") / "reference.safetensors")
     with torch.no_grad():
         torch.testing.assert_close(vit(ref["images"]), ref["predictions"], atol=1e-4, rtol=1e-5)
@@ -357,7 +358,7 @@ def test_zoo_vit_reproduces_its_reference_and_beats_the_mean_predictor(backend):
     assert (mse < 0.25 * var).all(), (mse, var)
     assert zoo.kind("vit-chirp") == "vision" and "vit-chirp" not in zoo.list_models("text")
     with pytest.raises(MechheadsError, match="not a vision model"):
-        zoo.load_vision("induction-2l")
+        load_vit("induction-2l")
 
 
 def test_histograms_and_overlay_grid_shapes(data):

@@ -525,10 +525,9 @@ def test_vit_overlay_panels_are_the_vision_overlays():
 
 
 def test_vit_overlay_from_the_vision_analyses():
-    from mechheads import zoo
-    from mechheads.vision import ablation_heatmap, attention_maps, spectrograms
+    from mechheads.vision import ablation_heatmap, attention_maps, load, spectrograms
 
-    vit = zoo.load_vision("vit-chirp")
+    vit = load("vit-chirp")
     data = spectrograms(3, seed=1000)
     maps = attention_maps(vit, data)
     heat = ablation_heatmap(vit, data, progress=False)

@@ -6,10 +6,10 @@ import torch
 
 from mechheads import MechheadsError, zoo
 from mechheads.detectors import induction_scores
-from mechheads.zoo.cards import evaluate, standard_tasks
 from mechheads.zoo.specs import SPECS
-from mechheads.zoo.train import main as train_main
-from mechheads.zoo.train import train_reference
+from mechheads.zoo_build.cards import evaluate, standard_tasks
+from mechheads.zoo_build.train import main as train_main
+from mechheads.zoo_build.train import train_reference
 
 
 def test_zoo_ships_the_models_with_cards_and_small_checkpoints():

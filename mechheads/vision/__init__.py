@@ -1,6 +1,6 @@
 """Vision: ViT heads on synthetic chirp spectrograms with distractors.
 
-Seed paper: N. Bahador, "Mechanistic Interpretability of Fine-Tuned Vision Transformers on
+After N. Bahador, "Mechanistic Interpretability of Fine-Tuned Vision Transformers on
 Distorted Images: Decoding Attention Head Behavior for Transparent and Trustworthy AI" (2025).
 
 * :mod:`mechheads.vision.data` — seeded spectrogram figures (chirp, noise, blur, title, axis text,
@@ -11,9 +11,8 @@ Distorted Images: Decoding Attention Head Behavior for Transparent and Trustwort
   distributions, and quantified head specialisation.
 
 Example:
-    >>> from mechheads import zoo
-    >>> from mechheads.vision import spectrograms, specialisation
-    >>> vit = zoo.load_vision("vit-chirp")
+    >>> from mechheads.vision import load, spectrograms, specialisation
+    >>> vit = load("vit-chirp")                     # the zoo ViT (zoo.load gives only its body)
     >>> specialisation(vit, spectrograms(100, seed=1000)).table[["layer", "head", "label"]]  # doctest: +SKIP
 """
 
@@ -46,7 +45,7 @@ from mechheads.vision.data import (
     render_text,
     spectrograms,
 )
-from mechheads.vision.model import ReferenceViT, VisionModel, ViTConfig, build_vit, patchify
+from mechheads.vision.model import ReferenceViT, VisionModel, ViTConfig, build_vit, load, patchify
 
 __all__ = [
     "MASKS",
@@ -65,6 +64,7 @@ __all__ = [
     "chg",
     "head_roles",
     "build_vit",
+    "load",
     "colormap",
     "mean_ablation",
     "mse_metric",

@@ -1,7 +1,7 @@
 """What a ViT's heads look at and what they are for: attention maps, ablation, specialisation.
 
-Method (seed paper: N. Bahador, "Mechanistic Interpretability of Fine-Tuned Vision Transformers on
-Distorted Images", 2025; mechheads REFERENCE §5):
+Method (N. Bahador, "Mechanistic Interpretability of Fine-Tuned Vision Transformers on Distorted
+Images: Decoding Attention Head Behavior for Transparent and Trustworthy AI", 2025):
 
 * attention maps — per layer and head, drop the CLS row and column, average the patch-to-patch
   attention over query patches, reshape to the patch grid, min–max normalise, overlay on the image
@@ -19,9 +19,8 @@ Distorted Images", 2025; mechheads REFERENCE §5):
 Every function returns arrays or tidy DataFrames for a figure function to draw.
 
 Example:
-    >>> from mechheads import zoo
-    >>> from mechheads.vision import spectrograms
-    >>> vit = zoo.load_vision("vit-chirp")
+    >>> from mechheads.vision import load, spectrograms
+    >>> vit = load("vit-chirp")
     >>> data = spectrograms(200, seed=1000)
     >>> heat = ablation_heatmap(vit, data).to_array("pct_increase")   # [layer, head]
     >>> spec = specialisation(vit, data).table                          # one row per head
@@ -126,7 +125,7 @@ def attention_maps(
     normalize: bool = True,
     batch_size: int = 128,
 ) -> Float[np.ndarray, "n layer head grid grid"]:
-    """Per-image, per-head attention maps on the patch grid (paper §2.1).
+    """Per-image, per-head attention maps on the patch grid (Bahador 2025, §2.1).
 
     CLS row and column dropped, averaged over query patches (or the CLS row, ``query="cls"``),
     reshaped to the grid, and min–max normalised per map when ``normalize`` (for display).
@@ -551,3 +550,28 @@ def head_roles(
             column="score",
         )
     return t.reset_index(drop=True), agreement
+
+
+__all__ = [
+    "LABELS",
+    "REGIONS",
+    "REGION_NAMES",
+    "SpecialisationResult",
+    "ablated_predictions",
+    "ablation_heatmap",
+    "attention_maps",
+    "chg",
+    "chg_objective",
+    "head_roles",
+    "label_head",
+    "mean_ablation",
+    "mse_metric",
+    "overlay",
+    "overlay_grid",
+    "patch_attention",
+    "patch_regions",
+    "prediction_histograms",
+    "prediction_mse",
+    "resample_ablation",
+    "specialisation",
+]

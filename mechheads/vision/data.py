@@ -1,6 +1,6 @@
 """Synthetic chirp spectrograms drawn as plotted figures, with pixel masks of every element.
 
-Method (seed paper: N. Bahador, "Mechanistic Interpretability of Fine-Tuned Vision Transformers on
+Method (N. Bahador, "Mechanistic Interpretability of Fine-Tuned Vision Transformers on
 Distorted Images", 2025): a ViT regresses the start time, start frequency and end frequency of one
 linear or exponential chirp in a spectrogram that is rendered as a figure, with distractors that
 carry no information about the targets — a title, axis tick numbers and labels, a colour bar and
@@ -385,3 +385,15 @@ def spectrograms(
     params = pd.DataFrame(rows)
     targets = params[list(TARGETS)].to_numpy(dtype=np.float32)
     return SpectrogramSet(images, targets, masks, params, cfg)
+
+
+__all__ = [
+    "MASKS",
+    "TARGETS",
+    "SpectrogramConfig",
+    "SpectrogramSet",
+    "chirp_frequency",
+    "colormap",
+    "render_text",
+    "spectrograms",
+]

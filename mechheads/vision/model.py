@@ -1,8 +1,10 @@
 """A ViT whose transformer runs on a TransformerLens backend, so every head analysis applies.
 
-Method (seed paper: N. Bahador 2025, §2.1): split the image into P×P non-overlapping patches,
-project each flattened patch to ``d_model``, prepend a CLS token, add learned position
-embeddings, run a bidirectional transformer, and regress the targets from the CLS token.
+Method (N. Bahador 2025, "Mechanistic Interpretability of Fine-Tuned Vision Transformers on
+Distorted Images: Decoding Attention Head Behavior for Transparent and Trustworthy AI", §2.1):
+split the image into P×P non-overlapping patches, project each flattened patch to ``d_model``,
+prepend a CLS token, add learned position embeddings, run a bidirectional transformer, and
+regress the targets from the CLS token.
 
 How it maps onto TransformerLens. The transformer *body* is an ordinary mechheads model
 (:func:`mechheads.build_model`, ``attention_dir="bidirectional"``, learned positions) whose
@@ -306,6 +308,25 @@ def build_vit(
     return VisionModel(body, cfg, patch_linear(cfg, patch_state), name=name)
 
 
+def load(name: str = "vit-chirp", *, backend: str | None = None) -> VisionModel:
+    """Load a zoo ViT (``zoo.kind(name) == "vision"``) as a :class:`VisionModel` on ``backend``.
+
+    ``mechheads.zoo.load(name)`` gives only its transformer body; this adds the patch embedding.
+    It lives here, not in :mod:`mechheads.zoo`, because the zoo sits below the vision layer.
+    """
+    from safetensors.torch import load_file
+
+    from mechheads import zoo
+
+    if zoo.kind(name) != "vision":
+        raise MechheadsError(
+            f"zoo model {name!r} is not a vision model; vision models: {zoo.list_models('vision')}"
+        )
+    cfg = ViTConfig.from_dict(zoo.load_config(name)["vit"])
+    patch = load_file(zoo.model_dir(name) / "patch_embed.safetensors")
+    return VisionModel(zoo.load(name, backend=backend), cfg, patch_linear(cfg, patch), name=name)
+
+
 class _EmbeddingTableTransformer(ReferenceTransformer):
     """ReferenceTransformer whose embedding table can be swapped for a per-call one, so the
     hook-free forward runs on arbitrary input embeddings without a second copy of its code."""
@@ -358,3 +379,18 @@ class ReferenceViT(nn.Module):
             "patch_embed.weight": self.patch_embed.weight.detach().clone().contiguous(),
             "patch_embed.bias": self.patch_embed.bias.detach().clone().contiguous(),
         }
+
+
+__all__ = [
+    "EMBED_HOOK",
+    "ReferenceViT",
+    "ViTConfig",
+    "VisionModel",
+    "build_vit",
+    "check_images",
+    "init_patch_state",
+    "load",
+    "patch_linear",
+    "patchify",
+    "vit_tokens",
+]

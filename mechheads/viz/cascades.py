@@ -1,5 +1,6 @@
-"""Figures for head-to-head cascades (:mod:`mechheads.cascades`, seed review §9) and for the
-estimator comparison (:func:`mechheads.attribution.compare_estimators`, §11).
+"""Figures for head-to-head cascades (:mod:`mechheads.cascades`; Kadem & Zheng 2026, "Interpreting
+Transformers Through Attention Head Intervention", §9) and for the estimator comparison
+(:func:`mechheads.attribution.compare_estimators`; same paper, §11).
 
 Example:
     >>> from mechheads.viz.cascades import plot_cascade_matrix, plot_estimator_agreement
@@ -181,3 +182,12 @@ def plot_estimator_ranks(
     axes[0].invert_xaxis()
     axes[0].invert_yaxis()
     return fig
+
+
+__all__ = [
+    "CASCADE_COLUMNS",
+    "plot_cascade_matrix",
+    "plot_cascade_summary",
+    "plot_estimator_agreement",
+    "plot_estimator_ranks",
+]

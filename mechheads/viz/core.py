@@ -186,3 +186,18 @@ def figure_to_html(fig: Figure, *, fmt: Literal["png", "svg"] = "png", dpi: int 
     if alt:
         svg = svg.replace("<svg", f'<svg role="img" aria-label="{html.escape(alt, quote=True)}"', 1)
     return svg
+
+
+__all__ = [
+    "HEAD_COLUMNS",
+    "VizFigure",
+    "as_head_array",
+    "as_table",
+    "check_columns",
+    "figure_to_html",
+    "head_label",
+    "new_axes",
+    "new_figure",
+    "pivot_heads",
+    "symmetric_limits",
+]

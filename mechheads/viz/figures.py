@@ -8,8 +8,10 @@ also accepts ``ax=`` to draw into an existing Axes (then that Axes' figure is re
 Figures follow the papers the analyses come from: L×H heat maps with diverging colours centred at
 0 (ablation sweeps, attribution, AIE maps as in Todd et al. 2024), the CHG G+ vs G−
 scatter, gate trajectories and score ECDFs of Nam et al. 2025, "Causal Head Gating" (Figs. 1b, 3a),
-comprehensiveness and sufficiency curves (Jacovi & Goldberg 2020, as in the head-intervention
-review), and attention overlays on spectrograms (Bahador 2025).
+comprehensiveness and sufficiency curves (Jacovi & Goldberg 2020, as in Kadem & Zheng 2026,
+"Interpreting Transformers Through Attention Head Intervention"), and attention overlays on
+spectrograms (Bahador 2025, "Mechanistic Interpretability of Fine-Tuned Vision Transformers on
+Distorted Images").
 
 Example:
     >>> from mechheads import zoo
@@ -838,3 +840,19 @@ def vit_overlay(
     if title:
         fig.suptitle(title)
     return fig
+
+
+__all__ = [
+    "ablation_curve",
+    "aie_map",
+    "chg_role_map",
+    "chg_scatter",
+    "faithfulness_curves",
+    "gate_trajectories",
+    "head_heatmap",
+    "outline_heads",
+    "pruning_curve",
+    "score_ecdf",
+    "symbolic_map",
+    "vit_overlay",
+]

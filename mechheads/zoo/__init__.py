@@ -3,14 +3,18 @@
 Example:
     >>> from mechheads import zoo
     >>> zoo.list_models()
-    ['induction-2l', 'tasks-4l', 'vit-chirp']
+    ['functions-3l', 'induction-2l', 'tasks-4l', 'vit-chirp']
     >>> model = zoo.load("induction-2l")           # HookedTransformer or TransformerBridge
     >>> print(zoo.card("induction-2l"))            # doctest: +SKIP
-    >>> vit = zoo.load_vision("vit-chirp")         # a mechheads.vision.VisionModel
 
 Vision models (``kind(name) == "vision"``) have no tokenizer: :func:`load` gives their transformer
 body (a :class:`~mechheads.model.HeadModel` whose logits at position 0 are the predictions once
-images are bound), :func:`load_vision` the whole ViT.
+images are bound), :func:`mechheads.vision.load` the whole ViT.
+
+This package only loads and describes the shipped models (:mod:`mechheads.zoo.specs` holds their
+recipes); training them and writing their cards uses the analyses, so it lives in
+:mod:`mechheads.zoo_build`, above the methods (``python -m mechheads.zoo.train NAME`` and
+``python -m mechheads.zoo.cards NAME`` run it).
 """
 
 from __future__ import annotations
@@ -80,22 +84,23 @@ def load(name: str = DEFAULT_MODEL, *, backend: str | None = None) -> HeadModel:
     return build_model(cfg, state, backend=backend, tokenizer=tokenizer, name=name)
 
 
-def load_vision(name: str, *, backend: str | None = None):
-    """Load a zoo ViT as a :class:`mechheads.vision.VisionModel` on ``backend``."""
-    from mechheads.vision.model import VisionModel, ViTConfig, patch_linear
-
-    if kind(name) != "vision":
-        raise MechheadsError(
-            f"zoo model {name!r} is not a vision model; vision models: {list_models('vision')}"
-        )
-    cfg = ViTConfig.from_dict(load_config(name)["vit"])
-    patch = load_file(model_dir(name) / "patch_embed.safetensors")
-    return VisionModel(load(name, backend=backend), cfg, patch_linear(cfg, patch), name=name)
-
-
 def card(name: str) -> str:
     """The model card (markdown): what it was trained on, how, its accuracies and expected circuit."""
     path = model_dir(name) / "card.md"
     if not path.exists():
         raise MechheadsError(f"zoo model {name!r} has no card yet: run python -m mechheads.zoo.cards {name}")
     return path.read_text()
+
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "KINDS",
+    "ZOO_DIR",
+    "card",
+    "kind",
+    "list_models",
+    "load",
+    "load_config",
+    "load_tokenizer",
+    "model_dir",
+]

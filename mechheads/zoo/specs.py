@@ -154,3 +154,11 @@ VISION_SPECS: dict[str, VisionSpec] = {
         lr=2e-3,
     ),
 }
+
+
+__all__ = [
+    "SPECS",
+    "VISION_SPECS",
+    "VisionSpec",
+    "ZooSpec",
+]

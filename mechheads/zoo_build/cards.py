@@ -1,0 +1,266 @@
+"""Model cards for zoo models: evaluate a checkpoint and write ``card.md``.
+
+``python -m mechheads.zoo.cards NAME`` re-evaluates a shipped model and rewrites its card (it runs
+:func:`main` here). :func:`standard_tasks` and :func:`evaluate` also give the live baseline metrics
+of ``mechheads info`` and of the report's overview.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from mechheads._state import write_text
+from mechheads.tasks import generators as gen
+from mechheads.tasks.core import Task
+from mechheads.tasks.metrics import accuracy, target_nll
+
+EVAL_SEED = 1000  # held-out prompts: generated from a seed the training stream never uses
+
+
+@dataclass(frozen=True)
+class VisionEval:
+    """The held-out evaluation of a zoo ViT: ``n`` spectrograms of seed ``seed`` (see :func:`evaluate`)."""
+
+    name: str
+    n: int
+    seed: int = EVAL_SEED
+
+
+def standard_tasks(name: str, n: int = 200, seed: int = EVAL_SEED) -> list[Task] | list[VisionEval]:
+    """The evaluation tasks reported on a zoo model's card (for a vision model: held-out images)."""
+    from mechheads import zoo
+    from mechheads.zoo.specs import SPECS
+
+    if name in zoo.list_models("vision"):
+        return [VisionEval(name, n, seed)]
+    # the tasks of the model's training mixture (all of them for a model without a spec)
+    kinds = set(SPECS[name].mixture) if name in SPECS else {"icl", "instruction", "aba", "ioi", "induction"}
+    tasks = [
+        gen.function_task(t, fmt, n=n, seed=seed)
+        for fmt in ("icl", "instruction")
+        if fmt in kinds
+        for t in gen.FUNCTION_TASK_NAMES
+    ]
+    if "aba" in kinds:
+        tasks.append(gen.aba_abb_task(n, n_examples=3, seed=seed))
+    if "ioi" in kinds:
+        tasks.append(gen.ioi_task(n, seed=seed))
+    if "induction" in kinds:
+        tasks.append(gen.induction_task(n, seq_len=20, seed=seed))
+    return tasks
+
+
+@torch.no_grad()
+def evaluate_vision(vit, n: int = 2000, seed: int = EVAL_SEED) -> pd.DataFrame:
+    """Test MSE of a ViT per target on ``n`` held-out spectrograms, against predicting the mean.
+
+    Columns: target, n, mse, mean_mse (MSE of the constant mean of these targets: their variance,
+    the best any constant predictor can do), r2 (= 1 − mse / mean_mse). The last row is the mean
+    over targets.
+    """
+    from mechheads.vision.data import TARGETS, SpectrogramConfig, spectrograms
+
+    c = vit.config
+    data = spectrograms(n, seed, SpectrogramConfig(size=c.image_size, channels=c.channels))
+    images, targets = data.tensors()
+    pred = vit.predict(images).cpu()
+    mse = (pred - targets).pow(2).mean(0)
+    base = (targets - targets.mean(0)).pow(2).mean(0)
+    df = pd.DataFrame(dict(target=list(TARGETS), n=n, mse=mse.numpy(), mean_mse=base.numpy()))
+    df.loc[len(df)] = dict(target="all", n=n, mse=float(mse.mean()), mean_mse=float(base.mean()))
+    df["r2"] = 1 - df.mse / df.mean_mse
+    return df
+
+
+@torch.no_grad()
+def evaluate(model, tasks: list[Task] | list[VisionEval], batch_size: int = 100) -> pd.DataFrame:
+    """First-target-token accuracy and target NLL of ``model`` on each task (for the held-out
+    images of a zoo ViT, whose body ``model`` then is: :func:`evaluate_vision`)."""
+    if tasks and isinstance(tasks[0], VisionEval):
+        from safetensors.torch import load_file
+
+        from mechheads import zoo
+        from mechheads.vision.model import VisionModel, ViTConfig, patch_linear
+
+        ev = tasks[0]
+        cfg = ViTConfig.from_dict(zoo.load_config(ev.name)["vit"])
+        patch = patch_linear(cfg, load_file(zoo.model_dir(ev.name) / "patch_embed.safetensors"))
+        return evaluate_vision(VisionModel(model, cfg, patch, name=ev.name), ev.n, ev.seed)
+    rows = []
+    for task in tasks:
+        batch = task.batch(model)
+        accs, nlls = [], []
+        for i in range(0, len(batch), batch_size):
+            sub = batch.index(slice(i, i + batch_size))
+            logits = model(sub.tokens)
+            accs.append(accuracy(logits, sub, reduce="none"))
+            nlls.append(target_nll(logits, sub, reduce="none"))
+        rows.append(
+            dict(
+                task=task.name,
+                n=len(task),
+                accuracy=torch.cat(accs).mean().item(),
+                nll=torch.cat(nlls).mean().item(),
+            )
+        )
+    return pd.DataFrame(rows)
+
+
+def _table(df: pd.DataFrame, floatfmt: str = "{:.3f}") -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in df.to_dict("records"):  # keeps int columns int (iterrows would upcast them to float)
+        lines.append(
+            "| "
+            + " | ".join(floatfmt.format(v) if isinstance(v, float) else str(v) for v in r.values())
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def write_card(folder: Path) -> str:
+    from mechheads import zoo
+    from mechheads.detectors import induction_scores
+
+    name = folder.name
+    config = json.loads((folder / "config.json").read_text())
+    model = zoo.load(name)
+    results = evaluate(model, standard_tasks(name))
+    scores = induction_scores(model)
+    if len(scores) <= 8:
+        score_text = "Every head:\n\n" + _table(scores)
+    else:
+        top = scores.sort_values("induction", ascending=False).head(4)
+        prev = scores.sort_values("previous_token", ascending=False).head(4)
+        score_text = f"Top heads by induction (prefix-matching) score:\n\n{_table(top)}\n\nTop heads by previous-token score:\n\n{_table(prev)}"
+    tr = config["training"]
+    ls = tr.get("label_smoothing", 0.0)
+    smoothing = f", label smoothing {ls} (the reported NLL is plain)" if ls else ""
+    arch = config["arch"]
+    n_params = sum(p.numel() for p in model.parameters())
+    text = f"""# {name}
+
+{config["description"]}
+
+## Architecture
+{arch["n_layers"]} layers × {arch["n_heads"]} heads (d_model {arch["d_model"]}, d_head {arch["d_head"]}, \
+{"attention-only" if arch["d_mlp"] == 0 else f"MLP {arch['d_mlp']}"}), context {arch["n_ctx"]} tokens, \
+word-level vocabulary of {arch["d_vocab"]} tokens, pre-LayerNorm, \
+{"rotary" if arch.get("positional") == "rotary" else "learned"} positions, no unembedding bias; \
+{n_params:,} parameters. Loads on HookedTransformer (TransformerLens 3.x) and TransformerBridge (4.x).
+
+## Training
+`{tr["command"]}` — {tr["steps"]} AdamW steps, batch {tr["batch_size"]}, peak lr {tr["lr"]} \
+({tr.get("schedule", "cosine")} schedule, weight decay {tr.get("weight_decay", 0.01)}), seed {tr["seed"]}, \
+data mixture {tr["mixture"]}{smoothing}; final training loss {tr["final_train_loss"]}; {tr["seconds"]} s on a 2-core CPU \
+(torch {tr["torch"]}). Deterministic for a given seed on a given machine.
+
+## Held-out accuracy
+Fresh prompts from the task generators with seed {EVAL_SEED}, which the training stream never uses. The word \
+pairs themselves are shared with training (a word-level model can only know a mapping it has seen): what is \
+held out is the particular prompt — its demonstrations, their order, the query, the names and items.
+Accuracy is top-1 on the first target token; NLL is per target token.
+
+{_table(results)}
+
+## Expected circuit
+{config["expected_circuit"]}
+
+Attention scores on repeated random sequences (mechheads.detectors.induction_scores; 1 = always attends to the source):
+
+{score_text}
+"""
+    write_text(folder / "card.md", text)
+    write_text(folder / "eval.csv", results.to_csv(index=False))
+    return text
+
+
+def _fmt_table(df: pd.DataFrame) -> str:
+    return _table(df, "{:.4f}")
+
+
+def write_vision_card(folder: Path, n_eval: int = 2000, n_analysis: int = 300) -> str:
+    """Evaluate a zoo ViT and write its card: test MSE vs the mean predictor, per-head ablation
+    (% MSE increase) and attention specialisation (mechheads.vision.analysis)."""
+    from mechheads.vision import load as load_vit
+    from mechheads.vision.analysis import ablation_heatmap, specialisation
+    from mechheads.vision.data import SpectrogramConfig, spectrograms
+
+    name = folder.name
+    config = json.loads((folder / "config.json").read_text())
+    vit = load_vit(name)
+    c = vit.config
+    results = evaluate_vision(vit, n_eval)
+    data = spectrograms(n_analysis, EVAL_SEED + 1, SpectrogramConfig(size=c.image_size, channels=c.channels))
+    abl = ablation_heatmap(vit, data, progress=False).table[["layer", "head", "pct_increase"]]
+    spec = specialisation(vit, data)
+    cls = specialisation(vit, data, query="cls").table[["layer", "head", "share_chirp", "label"]]
+    heads = spec.table[["layer", "head", "share_chirp", "share_text", "share_colorbar", "share_frame", "share_background", "label"]]
+    heads = heads.merge(cls.rename(columns={"share_chirp": "cls_share_chirp", "label": "cls_label"}), on=["layer", "head"])
+    heads = heads.merge(abl.rename(columns={"pct_increase": "ablation_pct_mse"}), on=["layer", "head"])
+    areas = {r: spec.table[f"area_{r}"].iloc[0] for r in ("chirp", "text", "colorbar", "frame", "background")}
+    th = spec.thresholds
+    tr = config["training"]
+    n_params = sum(p.numel() for p in vit.body.parameters()) + sum(p.numel() for p in vit.patch_embed.parameters())
+    text = f"""# {name}
+
+{config["description"]}
+
+## Architecture
+ViT: {c.image_size}x{c.image_size}x{c.channels} images cut into {c.patch_size}x{c.patch_size} patches ({c.grid}x{c.grid} = {c.n_patches}), a linear patch embedding, a CLS token, learned positions, then a bidirectional transformer of {c.n_layers} layers × {c.n_heads} heads (d_model {c.d_model}, d_head {c.d_head}, MLP {c.d_mlp}, pre-LayerNorm) whose final LayerNorm and unembedding at the CLS position are the regression head ({c.n_outputs} outputs); {n_params:,} parameters. The transformer is an ordinary mechheads model on HookedTransformer (TransformerLens 3.x) or TransformerBridge (4.x): `zoo.load("{name}")` gives it, `mechheads.vision.load("{name}")` the whole ViT.
+
+## Training
+`{tr["command"]}` — {tr["steps"]} AdamW steps on fresh images (batch {tr["batch_size"]}, never the same image twice), peak lr {tr["lr"]} ({tr["schedule"]} schedule, weight decay {tr["weight_decay"]}), seed {tr["seed"]}, MSE on the three targets (fractions of the axes, in [0, 1]); final training MSE {tr["final_train_loss"]}; {tr["seconds"]} s on a 2-core CPU (torch {tr["torch"]}). Deterministic for a given seed on a given machine.
+
+## Held-out accuracy (regression: test MSE against predicting the mean)
+{n_eval} fresh spectrograms of seed {EVAL_SEED} (training used seed {tr["seed"]}). `mean_mse` is the MSE of predicting the held-out mean of each target (its variance: no constant does better); r2 = 1 − mse / mean_mse.
+
+{_fmt_table(results)}
+
+## What the heads do (measured)
+{n_analysis} spectrograms of seed {EVAL_SEED + 1}. `share_*`: mean share of a head's attention (CLS dropped, averaged over query patches, as in the paper's maps) on the patches of each region; a patch counts for a region when at least {th["min_pixels"]} of its pixels are in the region's mask. Under uniform attention the shares would equal the regions' areas: {", ".join(f"{r} {a:.3f}" for r, a in areas.items())}. Labels: a region with share >= {th["mono"]} and >= {th["enrich"]}x its area gives a monosemantic label (chirp-monosemantic, text detector, colour-bar detector, edge/corner detector, background); else two or more regions with share >= {th["poly"]} and >= {th["enrich"]}x area make it polysemantic; else one such region makes it <region>-leaning; else diffuse. `cls_*`: the same for the CLS token's own attention row (what the regression head reads). `ablation_pct_mse`: % increase of the test MSE when the head alone is zero-ablated.
+
+{_fmt_table(heads)}
+
+## Expected circuit
+{config["expected_circuit"]}
+"""
+    write_text(folder / "card.md", text)
+    write_text(folder / "eval.csv", results.to_csv(index=False))
+    write_text(folder / "heads.csv", heads.to_csv(index=False))
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mechheads import zoo
+
+    p = argparse.ArgumentParser(
+        prog="python -m mechheads.zoo.cards", description="Re-evaluate a zoo model and rewrite its card."
+    )
+    p.add_argument("name", choices=zoo.list_models())
+    args = p.parse_args(argv)
+    folder = zoo.model_dir(args.name)
+    print(write_vision_card(folder) if zoo.kind(args.name) == "vision" else write_card(folder))
+    return 0
+
+
+__all__ = [
+    "EVAL_SEED",
+    "VisionEval",
+    "evaluate",
+    "evaluate_vision",
+    "main",
+    "standard_tasks",
+    "write_card",
+    "write_vision_card",
+]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
