@@ -141,7 +141,7 @@ class SentencePairs:
         return cls(
             tuple(r[0] for r in rows),
             tuple(r[1] for r in rows),
-            tuple(int(r[2]) if not isinstance(r[2], bool) else r[2] for r in rows),
+            tuple(r[2] for r in rows),
             tuple(str(r[3]) if len(r) == 4 else ("paraphrase" if r[2] == 1 else "other") for r in rows),
         )
 
@@ -447,7 +447,7 @@ def ablation_sweep(
     data = _PairData.build(model, pairs)
     means = None
     if ablation == "mean":
-        means = head_means(model, data.batch if reference is None else list(reference))
+        means = head_means(model, data.batch if reference is None else reference)
     with torch.no_grad():
         baseline = data.gap(model)
         values = []

@@ -96,6 +96,15 @@ def test_hidden_states_equal_plain_hugging_face(minilm, hf_ref):
     assert minilm.n_attached_hooks() == 0
 
 
+def test_embeddings_equal_sentence_transformers(minilm):
+    st = pytest.importorskip(
+        "sentence_transformers", reason="sentence-transformers comes with the minilm extra"
+    )
+    ref = torch.tensor(st.SentenceTransformer(str(minilm_dir()), device="cpu").encode(SENTENCES))
+    with torch.no_grad():
+        assert (embed(minilm, SENTENCES).cpu() - ref).abs().max() <= 1e-5
+
+
 def test_zeroed_head_equals_hugging_face_with_its_output_columns_zeroed(minilm, hf_ref):
     import copy
 
@@ -285,6 +294,8 @@ def test_bad_input_names_what_is_valid(minilm, small_pairs):
         chg(minilm, small_pairs, target="logits")
     with pytest.raises(MechheadsError, match=r"0 \(not a paraphrase\) or 1 \(paraphrase\)"):
         SentencePairs.from_rows([("a b", "c d", 2)])
+    with pytest.raises(MechheadsError, match=r"0 \(not a paraphrase\) or 1 \(paraphrase\)"):
+        SentencePairs.from_rows([("a b", "c d", "yes")])
     with pytest.raises(MechheadsError, match="both labels"):
         paraphrase_gap(minilm, small_pairs.subset([0, 1]))
     with pytest.raises(MechheadsError, match="SentencePairs"):
