@@ -208,10 +208,14 @@ class HeadModel:
     def n_attached_hooks(self) -> int:
         """Forward hooks attached right now, over unique hook points (the bridge lists aliases twice).
 
-        Zero outside any ``with`` block: mechheads never leaves a hook attached.
+        Zero outside any ``with`` block: mechheads never leaves a hook attached. TransformerLens's
+        own permanent hooks (part of how some bridge adapters, e.g. BERT's, wire their hook
+        aliases) are not counted.
         """
         points = {id(hp): hp for hp in self.tl.hook_dict.values()}
-        return sum(len(hp.fwd_hooks) for hp in points.values())
+        return sum(
+            sum(1 for h in hp.fwd_hooks if not getattr(h, "is_permanent", False)) for hp in points.values()
+        )
 
     def _check_hooks(self, fwd_hooks: FwdHooks) -> list[tuple[str, HookFn]]:
         hooks = list(fwd_hooks)
