@@ -827,3 +827,20 @@ def sweep_heads_naive(
 def masks_from_head_sets(model: HeadModel, head_sets: Sequence[Sequence[Head]]) -> torch.Tensor:
     L, H = model.cfg.n_layers, model.cfg.n_heads
     return torch.stack([heads_to_mask(list(s), n_layers=L, n_heads=H) for s in head_sets])
+
+__all__ = [
+    "METHODS",
+    "as_batch",
+    "Ablation",
+    "as_ablation",
+    "metric_value",
+    "evaluate_masks",
+    "masked_hooks",
+    "evaluate_masks_naive",
+    "prepare",
+    "metric_name",
+    "AblationResult",
+    "sweep_heads",
+    "sweep_heads_naive",
+    "masks_from_head_sets",
+]

@@ -140,6 +140,10 @@ def _looks_causal(tl_model) -> bool:
     return bool((out[0, :3] - out[1, :3]).abs().max() <= tol)
 
 
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass early; never escapes HeadModel."""
+
+
 class HeadModel:
     """A TransformerLens model seen through mechheads' narrow protocol.
 
@@ -291,8 +295,48 @@ class HeadModel:
             raise MechheadsError(f"token ids must lie in 0..{self.cfg.d_vocab - 1}")
         return tokens.to(self.device)
 
-    def __call__(self, tokens: Int[torch.Tensor, "batch pos"]) -> Float[torch.Tensor, "batch pos vocab"]:
-        return self.tl(self._check_tokens(tokens))
+    def __call__(
+        self, tokens: Int[torch.Tensor, "batch pos"], attention_mask: torch.Tensor | None = None
+    ) -> Float[torch.Tensor, "batch pos vocab"]:
+        """Logits of a forward pass. ``attention_mask`` ([batch, pos], 1 = a real token, 0 =
+        padding), if given, is passed to the backend (``one_zero_attention_mask`` on
+        ``HookedEncoder``, ``attention_mask`` elsewhere), so padding is not attended."""
+        tokens = self._check_tokens(tokens)
+        if attention_mask is None:
+            return self.tl(tokens)
+        if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != tuple(tokens.shape):
+            shape = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else attention_mask
+            raise MechheadsError(
+                f"attention_mask must be a [batch, pos] tensor like tokens {tuple(tokens.shape)}, got {shape}"
+            )
+        mask = attention_mask.to(tokens.device).long()
+        if type(self.tl).__name__ == "HookedEncoder":
+            return self.tl(tokens, one_zero_attention_mask=mask)
+        return self.tl(tokens, attention_mask=mask)
+
+    def activation(
+        self,
+        tokens: Int[torch.Tensor, "batch pos"],
+        name: str,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The activation at hook ``name`` in a forward on ``tokens``; the forward stops there (no
+        later block or unembedding runs). Hooks attached by an enclosing ``with`` apply."""
+        self.check_hook(name)
+        box: dict[str, torch.Tensor] = {}
+
+        def grab(x, hook):
+            box["x"] = x
+            raise _StopForward
+
+        try:
+            with self.hooks([(name, grab)]):
+                self(tokens, attention_mask)
+        except _StopForward:
+            pass
+        if "x" not in box:
+            raise MechheadsError(f"hook {name!r} did not fire in a forward of {self.name!r}")
+        return box["x"]
 
     @property
     def reuses_prefix(self) -> bool:
@@ -920,3 +964,22 @@ def load_pretrained(
         tl = TransformerBridge.boot_transformers(name, **kwargs)
     tl.eval()
     return wrap(tl, name=name)
+
+__all__ = [
+    "BACKENDS",
+    "available_backends",
+    "default_backend",
+    "Dims",
+    "hook_z",
+    "hook_pattern",
+    "hook_resid_pre",
+    "hook_resid_post",
+    "hook_attn_out",
+    "UNEMBED_IN",
+    "FLAG_GATED_HOOKS",
+    "HeadModel",
+    "FusedTail",
+    "build_model",
+    "wrap",
+    "load_pretrained",
+]

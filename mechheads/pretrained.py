@@ -275,3 +275,17 @@ def final_hidden_hook(model: HeadModel) -> str:
             "HookedEncoder or a TransformerBridge around a Hugging Face BERT, e.g. mechheads.pretrained.load_minilm()"
         )
     return model.check_hook(name)
+
+__all__ = [
+    "MINILM_NAME",
+    "MINILM_PACKAGE",
+    "MINILM_INSTALL",
+    "MINILM_FILES",
+    "MAX_TOKENS",
+    "minilm_available",
+    "minilm_dir",
+    "minilm_tokenizer",
+    "load_minilm_hf",
+    "load_minilm",
+    "final_hidden_hook",
+]

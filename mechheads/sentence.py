@@ -49,7 +49,7 @@ from mechheads.ablation import AblationResult, _result_table
 from mechheads.errors import MechheadsError, preview
 from mechheads.heads import HeadsLike, all_heads, parse_heads
 from mechheads.hooks import replace_heads, scale_heads
-from mechheads.model import HeadModel, _StopForward, hook_pattern, hook_z
+from mechheads.model import HeadModel, hook_pattern, hook_z
 from mechheads.pretrained import MAX_TOKENS, final_hidden_hook
 
 METRIC_NAME = "paraphrase_gap"
@@ -284,25 +284,7 @@ def hidden_states(model: HeadModel, batch: SentenceBatch) -> Float[torch.Tensor,
     if not isinstance(batch, SentenceBatch):
         raise MechheadsError(f"batch must be a SentenceBatch (see tokenize), got {type(batch).__name__}")
     name = final_hidden_hook(model)
-    tokens = model._check_tokens(batch.tokens)
-    mask = batch.attention_mask.to(tokens.device)
-    box: dict[str, torch.Tensor] = {}
-
-    def grab(x, hook):
-        box["h"] = x
-        raise _StopForward
-
-    try:
-        with model.hooks([(name, grab)]):
-            if model.backend == "hooked":
-                model.tl(tokens, one_zero_attention_mask=mask)
-            else:
-                model.tl(tokens, attention_mask=mask)
-    except _StopForward:
-        pass
-    if "h" not in box:  # pragma: no cover - the hook always fires on a full forward
-        raise MechheadsError(f"hook {name!r} did not fire on {model.name!r}")
-    return box["h"]
+    return model.activation(batch.tokens, name, batch.attention_mask)
 
 
 def mean_pool(

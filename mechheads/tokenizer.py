@@ -191,3 +191,10 @@ def encode_pair(tok: Tokenizer, prompt: str, target: str) -> tuple[list[int], li
         f"{shown(p_ids)}, prompt + target has {shown(full)} there, so the prompt's tokens are not a prefix "
         f"of the full text's. {hint}"
     )
+
+__all__ = [
+    "Tokenizer",
+    "WordTokenizer",
+    "HFTokenizer",
+    "encode_pair",
+]

@@ -23,6 +23,7 @@ LAYERS = {
     # 2: tasks and the zoo (loading the shipped models, their recipes)
     "mechheads.tasks": 2,
     "mechheads.zoo": 2,
+    "mechheads.pretrained": 2,  # the one real-weights model (all-MiniLM-L6-v2), loaded offline
     "mechheads": 2,  # the package itself re-exports layers 1 and 2
     # 3: the methods
     "mechheads.ablation": 3,
@@ -36,6 +37,7 @@ LAYERS = {
     "mechheads.pruning": 3,
     "mechheads.pursuit": 3,
     "mechheads.symbolic": 3,
+    "mechheads.sentence": 3,
     "mechheads.vision": 3,
     # 4: what is built from the methods' results
     "mechheads.viz": 4,
@@ -135,17 +137,8 @@ def test_the_zoo_and_tasks_sit_below_the_methods(module):
 
 
 # ----- __all__ -----------------------------------------------------------------------------------
-# Modules that other work in progress is editing; they get an __all__ when that work lands.
-# (strict: once one defines __all__, this test fails until it is removed from here.)
-PENDING_ALL = {
-    "mechheads.model",
-    "mechheads.ablation",
-    "mechheads.tokenizer",
-    "mechheads.tasks.core",
-    "mechheads.tasks.generators",
-    "mechheads.tasks.metrics",
-    "mechheads.tasks.words",
-}
+# Modules allowed to lack __all__ for now (strict xfail: one that gains it must leave this set).
+PENDING_ALL: set[str] = set()
 PUBLIC = sorted(m for m in MODULES if not any(part.startswith("_") for part in m.split(".")))
 
 

@@ -292,3 +292,9 @@ def tokenize_pairs(tok, prompts, targets, alt_targets=None, *, n_ctx: int, name:
         target_lengths=torch.tensor(t_lens),
         alt_target_lengths=torch.tensor(alt_lens) if alt_targets is not None else None,
     )
+
+__all__ = [
+    "TokenBatch",
+    "Task",
+    "tokenize_pairs",
+]

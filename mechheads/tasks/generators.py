@@ -252,3 +252,18 @@ def ioi_pair(n: int = 60, *, seed: int = 0) -> tuple[Task, Task]:
         a, b = rng.sample([x for x in words.NAMES if x not in (io, s)], 2)
         prompts.append(p.replace(io, "\0").replace(s, a).replace("\0", b))
     return clean, Task("ioi-corrupted", prompts, clean.targets, alt_targets=clean.alt_targets)
+
+__all__ = [
+    "FUNCTION_TASK_NAMES",
+    "function_segments",
+    "function_task",
+    "function_task_pair",
+    "aba_segments",
+    "aba_abb_task",
+    "ioi_segments",
+    "ioi_task",
+    "induction_segments",
+    "induction_task",
+    "induction_pair",
+    "ioi_pair",
+]

@@ -119,3 +119,15 @@ def get_metric(metric: str | Metric) -> Metric:
             f"unknown metric {metric!r}; valid metrics: {sorted(METRICS)} or a callable (logits, batch)"
         )
     return METRICS[metric]
+
+__all__ = [
+    "target_logprob",
+    "target_nll",
+    "first_token_logprob",
+    "first_token_prob",
+    "logit_diff",
+    "accuracy",
+    "mse",
+    "HIGHER_IS_BETTER",
+    "get_metric",
+]

@@ -104,3 +104,7 @@ def vocabulary() -> list[str]:
     found -= {"x", "y", "a", "b"} - set(SYMBOL_WORDS)
     found |= {"a"}  # the article in IOI prompts
     return sorted(found)
+
+__all__ = [
+    "vocabulary",
+]
