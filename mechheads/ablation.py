@@ -34,12 +34,12 @@ import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Bool
-from tqdm.auto import tqdm
 
+from mechheads import engine
 from mechheads.errors import MechheadsError
 from mechheads.heads import Head, HeadsLike, all_heads, heads_to_mask, parse_heads
 from mechheads.hooks import Positions, position_mask
-from mechheads.model import HeadModel, hook_resid_pre, hook_z
+from mechheads.model import HeadModel, hook_z
 from mechheads.tasks.core import Task, TokenBatch
 from mechheads.tasks.metrics import HIGHER_IS_BETTER, METRICS, Metric, get_metric
 
@@ -413,13 +413,27 @@ def _fingerprint(model: HeadModel, batch: TokenBatch, ablation: Ablation, metric
 def _load_checkpoint(path: Path, fingerprint: str) -> dict[int, float]:
     if not path.exists():
         return {}
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+        ok = isinstance(data, dict) and isinstance(data.get("values"), dict)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        ok = False
+    if not ok:
+        raise MechheadsError(
+            f"checkpoint {str(path)!r} is not a sweep checkpoint (JSON with 'fingerprint' and 'values'); "
+            "delete it to start afresh"
+        )
     if data.get("fingerprint") != fingerprint:
         raise MechheadsError(
             f"checkpoint {str(path)!r} belongs to a different sweep (model, data, masks, method or metric differ); "
             "delete it or pass another checkpoint path"
         )
-    return {int(k): float(v) for k, v in data["values"].items()}
+    try:
+        return {int(k): float(v) for k, v in data["values"].items()}
+    except (TypeError, ValueError):
+        raise MechheadsError(
+            f"checkpoint {str(path)!r} has values that are not numbers by mask index; delete it to start afresh"
+        ) from None
 
 
 def _save_checkpoint(path: Path, fingerprint: str, values: dict[int, float]) -> None:
@@ -443,17 +457,18 @@ def evaluate_masks(
     checkpoint: str | Path | None = None,
     fused: bool = True,
 ) -> torch.Tensor:
-    """Metric value under each of K head masks (True = ablated), computed K copies at a time.
+    """Metric value under each of K head masks (True = ablated), computed K copies at a time by
+    the engine (:func:`mechheads.engine.evaluate`).
 
     Fast path (``fused=True``, the default): where the architecture allows it
-    (:meth:`HeadModel.fused_tail`) and no other hooks are attached to the model, one clean
+    (:func:`mechheads.engine.fused_tail`) and no other hooks are attached to the model, one clean
     forward caches ``hook_resid_pre`` and ``hook_z`` of every first-ablated layer, and each chunk
-    of copies is then computed from there by the fused tail, on both backends: the ablated
-    layer's attention is not recomputed (only its output projection of the edited ``z``), the last
-    layer runs queries and MLP only at the positions the metric reads, and, for causal models,
-    positions after the last one read are dropped. Hooks attached by other code would not fire
-    inside the fused tail, so with any hook attached (or ``fused=False``) every copy runs through
-    the backend's forward with ``hook_z`` hooks instead (prefix reuse on HookedTransformer).
+    of copies is then computed from there by the fused tail: the ablated layer's attention is not
+    recomputed (only its output projection of the edited ``z``), the last layer runs queries and
+    MLP only at the positions the metric reads, and, for causal models, positions after the last
+    one read are dropped. Hooks attached by other code would not fire inside the fused tail, so
+    with any hook attached (or ``fused=False``) every copy runs through the backend's forward with
+    ``hook_z`` hooks instead (with prefix reuse where the backend allows it exactly).
 
     Args:
         masks: [K, layer, head] booleans; an all-False mask is the clean model.
@@ -469,9 +484,8 @@ def evaluate_masks(
     L, H = model.cfg.n_layers, model.cfg.n_heads
     if masks.ndim != 3 or tuple(masks.shape[1:]) != (L, H):
         raise MechheadsError(f"masks must be [K, {L}, {H}], got {tuple(masks.shape)}")
-    if not isinstance(max_rows, int) or max_rows < 1:
+    if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
         raise MechheadsError(f"max_rows must be a positive integer, got {max_rows!r}")
-    masks = masks.bool().to(model.device)
     K, B, T = masks.shape[0], len(batch), batch.tokens.shape[1]
     ablation.check_fits(model, batch)
     if copy_positions is not None and tuple(copy_positions.shape) != (K, T):
@@ -481,71 +495,43 @@ def evaluate_masks(
 
     path = Path(checkpoint) if checkpoint is not None else None
     pos_tensor = positions if isinstance(positions, torch.Tensor) else None
-    fp = (
-        _fingerprint(
-            model,
-            batch,
-            ablation,
-            metric,
-            (masks, copy_positions, pos_tensor),
-            None if pos_tensor is not None else positions,
-        )
-        if path
-        else ""
-    )
+    fp = ""
+    if path:
+        extra = None if pos_tensor is not None else positions
+        fp = _fingerprint(model, batch, ablation, metric, (masks, copy_positions, pos_tensor), extra)
     done = _load_checkpoint(path, fp) if path else {}
 
-    # first ablated layer of each mask (L for the clean mask); sort so chunks share a start layer
-    touched = masks.any(-1)  # [K, L]
-    first = torch.where(
-        touched.any(-1), touched.float().argmax(-1), torch.full((K,), L, device=masks.device)
-    ).tolist()
-    # Chunks never straddle start layers: a mask mixed into an earlier-starting chunk would rerun
-    # layers that prefix reuse lets it skip.
-    per_chunk = max(1, max_rows // B)
-    chunks = []
-    for start in sorted(set(first)):
-        group = [i for i in range(K) if first[i] == start and i not in done]
-        chunks += [group[j : j + per_chunk] for j in range(0, len(group), per_chunk)]
+    # Built-in metrics read only target and answer positions: unembed just those.
+    read = batch.needed_positions() if metric_fn in METRICS.values() else None
+    scored = batch if read is None else batch.select_positions(read)
 
-    resid, tail, clean = None, None, None
-    if fused and chunks and model.n_attached_hooks() == 0:
-        tail = model.fused_tail()
-    if tail is not None:
-        starts = sorted({first[c[0]] for c in chunks if first[c[0]] < L})
-        names = [n for layer in starts for n in (hook_resid_pre(layer), hook_z(layer))]
-        with torch.inference_mode():
-            clean, resid = model.run_with_cache(batch.tokens, names)
-    else:
-        starts = sorted({first[c[0]] for c in chunks if 0 < first[c[0]] < L})  # only layers still to run
-        if model.reuses_prefix and starts:
-            with torch.no_grad():
-                _, resid = model.run_with_cache(batch.tokens, [hook_resid_pre(layer) for layer in starts])
+    def pos_mask(chunk: list[int]) -> torch.Tensor | None:
+        cp = None if copy_positions is None else copy_positions[chunk].to(model.device)
+        return _chunk_pos_mask(batch, len(chunk), shared_pos, cp)
 
     values = dict(done)
-    bar = tqdm(total=K, initial=len(done), desc=desc, disable=not progress, leave=False)
-    try:
-        for chunk in chunks:
-            vals = _run_chunk(
-                model,
-                batch,
-                masks[chunk],
-                ablation,
-                metric_fn,
-                shared_pos,
-                None if copy_positions is None else copy_positions[chunk].to(model.device),
-                resid,
-                min(first[i] for i in chunk),
-                tail,
-                clean,
-            )
-            for i, v in zip(chunk, vals.tolist(), strict=True):
-                values[i] = v
-            if path:
-                _save_checkpoint(path, fp, values)
-            bar.update(len(chunk))
-    finally:
-        bar.close()
+
+    def save(chunk: list[int], vals: torch.Tensor) -> None:
+        for i, v in zip(chunk, vals.tolist(), strict=True):
+            values[i] = v
+        if path:
+            _save_checkpoint(path, fp, values)
+
+    engine.evaluate(
+        model,
+        batch.tokens,
+        masks,
+        ablation,
+        lambda logits, k: _metric_values(metric_fn, logits, scored, k).double(),
+        pos_mask=pos_mask if (shared_pos is not None or copy_positions is not None) else None,
+        read=read,
+        max_rows=max_rows,
+        fused=fused,
+        skip=done.keys(),
+        on_chunk=save,
+        progress=progress,
+        desc=desc,
+    )
     out = torch.tensor([values[i] for i in range(K)], dtype=torch.float64)
     bad = (~torch.isfinite(out)).nonzero().flatten().tolist()
     if bad:
@@ -553,50 +539,6 @@ def evaluate_masks(
             f"the metric is not finite under {len(bad)} mask(s), first at index {bad[0]}: {out[bad[0]].item()}"
         )
     return out
-
-
-def _masked_edits(
-    model: HeadModel,
-    ablation: Ablation,
-    masks: torch.Tensor,
-    batch_size: int,
-    pos_mask: torch.Tensor | None = None,
-) -> dict:
-    """Per layer with an ablated head: ``fn(z, positions=None)`` returning ``z`` edited as
-    :func:`masked_hooks` describes (``positions``: the absolute positions ``z`` covers)."""
-    k = masks.shape[0]
-    edits = {}
-    for layer in range(model.cfg.n_layers):
-        sel = masks[:, layer, :]
-        if not bool(sel.any()):
-            continue
-        rows = sel.repeat_interleave(batch_size, 0)  # [rows, head]
-
-        def fn(z, positions=None, layer=layer, rows=rows):
-            m = rows[:, None, :, None]
-            if pos_mask is not None:
-                pm = pos_mask[:, : z.shape[1]] if positions is None else pos_mask[:, positions]
-                m = m & pm[:, :, None, None]
-            return torch.where(m, ablation.new_z(layer, z, k, positions), z)
-
-        edits[layer] = fn
-    return edits
-
-
-def masked_hooks(
-    model: HeadModel,
-    ablation: Ablation,
-    masks: torch.Tensor,
-    batch_size: int,
-    pos_mask: torch.Tensor | None = None,
-) -> list:
-    """``hook_z`` hooks for a batch repeated ``len(masks)`` times (copy-major): copy k takes
-    ``ablation``'s values at the heads where ``masks[k]`` ([layer, head]) is True, optionally only
-    where ``pos_mask`` ([rows, pos]) is True."""
-    return [
-        (hook_z(layer), lambda z, hook, fn=fn: fn(z))
-        for layer, fn in _masked_edits(model, ablation, masks, batch_size, pos_mask).items()
-    ]
 
 
 def _chunk_pos_mask(batch, k, shared_pos, copy_pos):
@@ -608,41 +550,6 @@ def _chunk_pos_mask(batch, k, shared_pos, copy_pos):
         cp = copy_pos.repeat_interleave(B, 0)
         pos_mask = cp if pos_mask is None else pos_mask & cp
     return pos_mask
-
-
-def _run_chunk(
-    model, batch, masks, ablation, metric_fn, shared_pos, copy_pos, resid, start, tail=None, clean=None
-) -> torch.Tensor:
-    k, B = masks.shape[0], len(batch)
-    N = k * B
-    pos_mask = _chunk_pos_mask(batch, k, shared_pos, copy_pos)
-    # Built-in metrics read only target and answer positions: unembed just those.
-    positions = batch.needed_positions() if metric_fn in METRICS.values() else None
-    scored = batch if positions is None else batch.select_positions(positions)
-    if tail is not None and start >= model.cfg.n_layers:  # clean masks: the clean run's logits
-        logits = clean if positions is None else clean[:, positions]
-        return _metric_values(metric_fn, logits.repeat(k, 1, 1), scored, k).detach().cpu().double()
-    if tail is not None:
-        edits = _masked_edits(model, ablation, masks, B, pos_mask)
-
-        def edit(layer, z, pos):
-            fn = edits.get(layer)
-            return z if fn is None else fn(z, pos)
-
-        r = resid[hook_resid_pre(start)].repeat(k, 1, 1)
-        z = resid[hook_z(start)].repeat(k, 1, 1, 1)
-        with torch.inference_mode():
-            logits = tail.run(r, start, edit, z, positions)
-    else:
-        hooks = masked_hooks(model, ablation, masks, B, pos_mask)
-        tokens = batch.tokens.repeat(k, 1)
-        r = None
-        if resid is not None and 0 < start < model.cfg.n_layers:
-            r = resid[hook_resid_pre(start)].repeat(k, 1, 1)
-        with torch.inference_mode(), model.hooks(hooks):
-            logits = model.forward_from(tokens, start, r, positions=positions)
-    assert logits.shape[0] == N
-    return _metric_values(metric_fn, logits, scored, k).detach().cpu().double()
 
 
 def evaluate_masks_naive(
@@ -835,7 +742,6 @@ __all__ = [
     "as_ablation",
     "metric_value",
     "evaluate_masks",
-    "masked_hooks",
     "evaluate_masks_naive",
     "prepare",
     "metric_name",

@@ -31,11 +31,11 @@ from mechheads.ablation import (
     as_ablation,
     as_batch,
     evaluate_masks,
-    masked_hooks,
     masks_from_head_sets,
     metric_name,
     prepare,
 )
+from mechheads.engine import masked_hooks
 from mechheads.errors import MechheadsError
 from mechheads.heads import Head, HeadsLike, all_heads, heads_to_mask, parse_heads
 from mechheads.model import HeadModel, hook_resid_post

@@ -42,7 +42,8 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
-from mechheads.ablation import Ablation, Method, as_ablation, as_batch, masked_hooks, masks_from_head_sets
+from mechheads.ablation import Ablation, Method, as_ablation, as_batch, masks_from_head_sets
+from mechheads.engine import masked_hooks
 from mechheads.errors import MechheadsError
 from mechheads.heads import Head, HeadsLike, all_heads, parse_heads
 from mechheads.model import HeadModel, hook_pattern, hook_z

@@ -49,13 +49,13 @@ import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Bool, Float
-from tqdm.auto import tqdm
 
-from mechheads.ablation import Ablation, as_batch, masked_hooks, masks_from_head_sets
+from mechheads import engine
+from mechheads.ablation import Ablation, as_batch, masks_from_head_sets
 from mechheads.errors import MechheadsError
 from mechheads.heads import Head, HeadsLike, all_heads, parse_heads
 from mechheads.hooks import position_mask, replace_heads
-from mechheads.model import HeadModel, hook_resid_pre, hook_z
+from mechheads.model import HeadModel, hook_z
 from mechheads.tasks.core import Task, TokenBatch
 from mechheads.tasks.metrics import METRICS
 
@@ -308,14 +308,17 @@ def run_patches(
     max_rows: int = 512,
     progress: bool = False,
     desc: str = "patching",
-    baseline: dict | None = None,
+    fused: bool = True,
 ) -> Float[torch.Tensor, "k batch"]:
     """Per-prompt metric under K patches: patch k replaces the heads of ``masks[k]`` with
     ``values`` (an :class:`~mechheads.ablation.Ablation`: ``"resample"`` for a source run aligned to
     the batch, ``"mean"`` for one vector per head) at the positions of ``pos_masks[k]``.
 
-    Returns [K, batch] float64 on the CPU. If ``baseline`` is a dict and the unpatched run was
-    needed anyway (for the prefix cache), its per-prompt metric is stored there under ``"items"``.
+    Runs on the engine (:func:`mechheads.engine.evaluate`): copies of the batch per forward,
+    grouped by first patched layer, only the positions a built-in metric reads unembedded, and the
+    fused tail where the model allows it (``fused=False`` forces the hook path).
+
+    Returns [K, batch] float64 on the CPU.
     """
     L, H = model.cfg.n_layers, model.cfg.n_heads
     if masks.ndim != 3 or tuple(masks.shape[1:]) != (L, H):
@@ -323,48 +326,31 @@ def run_patches(
     K, B, T = masks.shape[0], len(batch), batch.tokens.shape[1]
     if tuple(pos_masks.shape) != (K, B, T):
         raise MechheadsError(f"pos_masks must be [{K}, {B}, {T}], got {tuple(pos_masks.shape)}")
-    if not isinstance(max_rows, int) or max_rows < 1:
-        raise MechheadsError(f"max_rows must be a positive integer, got {max_rows!r}")
     values.check_fits(model, batch)
     fn = item_metric(metric)
     masks, pos_masks = masks.bool().to(model.device), pos_masks.bool().to(model.device)
     # a patch whose positions are empty touches nothing: treat its mask as clean
     masks = masks & pos_masks.any((1, 2))[:, None, None]
-    touched = masks.any(-1)
-    first = torch.where(touched.any(-1), touched.float().argmax(-1), torch.full((K,), L, device=masks.device))
-    first = first.tolist()
-    per_chunk = max(1, max_rows // B)
-    chunks = []
-    for start in sorted(set(first)):
-        group = [i for i in range(K) if first[i] == start]
-        chunks += [group[j : j + per_chunk] for j in range(0, len(group), per_chunk)]
-    starts = sorted({first[c[0]] for c in chunks if 0 < first[c[0]] < L})
-    resid = None
-    if model.reuses_prefix and starts:
-        with torch.inference_mode():
-            clean_logits, resid = model.run_with_cache(
-                batch.tokens, [hook_resid_pre(layer) for layer in starts]
-            )
-        if baseline is not None:  # the unpatched metric comes free with the prefix cache
-            baseline["items"] = _values(fn, clean_logits, batch).cpu().double()
-    positions = batch.needed_positions() if metric in METRICS else None
-    scored = batch if positions is None else batch.select_positions(positions)
-    out = torch.empty(K, B, dtype=torch.float64)
-    bar = tqdm(total=K, desc=desc, disable=not progress, leave=False)
-    try:
-        for chunk in chunks:
-            k, start = len(chunk), first[chunk[0]]
-            pm = pos_masks[chunk].reshape(k * B, T)
-            hooks = masked_hooks(model, values, masks[chunk], B, pm)
-            r = resid[hook_resid_pre(start)].repeat(k, 1, 1) if resid is not None and 0 < start < L else None
-            with torch.inference_mode(), model.hooks(hooks):
-                logits = model.forward_from(batch.tokens.repeat(k, 1), start, r, positions=positions)
-            v = _values(fn, logits, scored.repeat(k))
-            out[chunk] = v.view(k, B).cpu().double()
-            bar.update(k)
-    finally:
-        bar.close()
-    return out
+    read = batch.needed_positions() if metric in METRICS else None
+    scored = batch if read is None else batch.select_positions(read)
+
+    def score(logits: torch.Tensor, k: int) -> torch.Tensor:
+        return _values(fn, logits, scored.repeat(k)).view(k, B).double()
+
+    got = engine.evaluate(
+        model,
+        batch.tokens,
+        masks,
+        values,
+        score,
+        pos_mask=lambda chunk: pos_masks[chunk].reshape(len(chunk) * B, T),
+        read=read,
+        max_rows=max_rows,
+        fused=fused,
+        progress=progress,
+        desc=desc,
+    )
+    return torch.stack([got[i] for i in range(K)]) if K else torch.empty(0, B, dtype=torch.float64)
 
 
 # ----- results -----------------------------------------------------------------------------------
@@ -481,7 +467,6 @@ def patch_heads(
     S = slots.shape[0]
     masks = single.repeat_interleave(S, 0)
     pos_masks = slots.repeat(len(hs), 1, 1)
-    clean: dict = {}
     per_item = run_patches(
         model,
         batch,
@@ -492,9 +477,8 @@ def patch_heads(
         max_rows=max_rows,
         progress=progress,
         desc="patching heads",
-        baseline=clean,
     ).numpy()
-    base = (clean["items"] if "items" in clean else metric_per_item(model, batch, metric)).numpy()
+    base = metric_per_item(model, batch, metric).numpy()
     src_items = None
     if src_batch is not None and _same_targets(batch, src_batch):
         src_items = metric_per_item(model, src_batch, metric).numpy()

@@ -25,29 +25,31 @@ LAYERS = {
     "mechheads.zoo": 2,
     "mechheads.pretrained": 2,  # the one real-weights model (all-MiniLM-L6-v2), loaded offline
     "mechheads": 2,  # the package itself re-exports layers 1 and 2
-    # 3: the methods
-    "mechheads.ablation": 3,
-    "mechheads.ablation_curves": 3,
-    "mechheads.attribution": 3,
-    "mechheads.cascades": 3,
-    "mechheads.chg": 3,
-    "mechheads.detectors": 3,
-    "mechheads.function_vectors": 3,
-    "mechheads.patching": 3,
-    "mechheads.pruning": 3,
-    "mechheads.pursuit": 3,
-    "mechheads.symbolic": 3,
-    "mechheads.sentence": 3,
-    "mechheads.vision": 3,
-    # 4: what is built from the methods' results
-    "mechheads.viz": 4,
-    "mechheads.report": 4,
-    "mechheads.cli": 4,
-    "mechheads.zoo_build": 4,
+    # 3: the engine
+    "mechheads.engine": 3,
+    # 4: the methods
+    "mechheads.ablation": 4,
+    "mechheads.ablation_curves": 4,
+    "mechheads.attribution": 4,
+    "mechheads.cascades": 4,
+    "mechheads.chg": 4,
+    "mechheads.detectors": 4,
+    "mechheads.function_vectors": 4,
+    "mechheads.patching": 4,
+    "mechheads.pruning": 4,
+    "mechheads.pursuit": 4,
+    "mechheads.symbolic": 4,
+    "mechheads.sentence": 4,
+    "mechheads.vision": 4,
+    # 5: what is built from the methods' results
+    "mechheads.viz": 5,
+    "mechheads.report": 5,
+    "mechheads.cli": 5,
+    "mechheads.zoo_build": 5,
     # `python -m mechheads.zoo.train` / `.cards` (the commands the shipped cards record) run
     # mechheads.zoo_build; these two entry points import nothing else and nothing imports them
-    "mechheads.zoo.train": 4,
-    "mechheads.zoo.cards": 4,
+    "mechheads.zoo.train": 5,
+    "mechheads.zoo.cards": 5,
 }
 
 

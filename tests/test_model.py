@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from mechheads import HeadModel, MechheadsError, Task, build_model, wrap, zoo
 from mechheads.arch import ArchConfig, ReferenceTransformer
+from mechheads.engine import fused_tail
 from mechheads.model import FLAG_GATED_HOOKS, hook_resid_post, hook_z
 
 
@@ -249,7 +250,7 @@ def test_fused_tail_equals_the_backend_forward_from_every_layer(backend, cfg, to
     """The hook-free tail reproduces the backend's logits from any start layer, with or without the
     clean z of the start layer, at all positions or only at read positions."""
     model = build_model(cfg, perturbed_state(cfg, seed=2), backend=backend)
-    tail = model.fused_tail()
+    tail = fused_tail(model)
     assert tail is not None
     L = cfg.n_layers
     names = [n for l in range(L) for n in (f"blocks.{l}.hook_resid_pre", hook_z(l))]
@@ -270,7 +271,7 @@ def test_fused_tail_edit_z_equals_a_hook_z_edit(backend, cfg, tokens):
     """edit_z acts like a hook on hook_z at every layer from the start, also where the last layer
     only computes read positions."""
     model = build_model(cfg, perturbed_state(cfg, seed=4), backend=backend)
-    tail = model.fused_tail()
+    tail = fused_tail(model)
     g = torch.Generator().manual_seed(0)
     gains = torch.rand(cfg.n_layers, cfg.n_heads, generator=g) * 2  # [layer, head]
     shift = torch.rand(tokens.shape[1], generator=g)  # [pos]: checks positions are passed right
@@ -332,8 +333,8 @@ def test_fused_tail_declines_architectures_it_does_not_reproduce(backend):
             NativeModel(cfg), "TransformerLensNative", tl_config=cfg, model_name="g"
         )
     model = wrap(tl)
-    assert model.backend == backend and model.fused_tail() is None
-    assert build_model(TINY, backend=backend).fused_tail() is not None
+    assert model.backend == backend and fused_tail(model) is None
+    assert fused_tail(build_model(TINY, backend=backend)) is not None
 
 
 def test_hf_tokenizer_adapter_on_a_local_fast_tokenizer(tiny):

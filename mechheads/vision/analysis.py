@@ -36,11 +36,12 @@ import torch
 from jaxtyping import Bool, Float
 from tqdm.auto import tqdm
 
-from mechheads.ablation import Ablation, AblationResult, Method, as_ablation, masked_hooks, sweep_heads
+from mechheads import engine
+from mechheads.ablation import Ablation, AblationResult, Method, as_ablation, sweep_heads
 from mechheads.attribution import rank_agreement
 from mechheads.errors import MechheadsError
 from mechheads.heads import all_heads, heads_to_mask
-from mechheads.model import hook_pattern, hook_resid_pre
+from mechheads.model import hook_pattern
 from mechheads.vision.data import MASKS, TARGETS, SpectrogramSet
 from mechheads.vision.model import VisionModel, check_images
 
@@ -254,8 +255,8 @@ def ablated_predictions(
     """Predictions under each single-head ablation and without ablation (paper Fig. 3), long format.
 
     Columns: layer, head (both −1 for the unablated baseline), image, target (name), truth,
-    prediction. The H heads of a layer run as H copies of the batch in one pass; on
-    HookedTransformer the pass starts at that layer from the cached clean residual.
+    prediction. Runs on the engine (:func:`mechheads.engine.evaluate`): the H heads of a layer as
+    H copies of the batch in one pass, starting at that layer where the backend allows it.
     """
     images, targets = _targets(data, vit)
     abl = as_ablation(ablation)
@@ -264,6 +265,9 @@ def ablated_predictions(
     preds = torch.empty(L, H, n, k)
     base = torch.empty(n, k)
     n_chunks = -(-n // batch_size)
+    heads = [(layer, h) for layer in range(L) for h in range(H)]
+    masks = torch.stack([heads_to_mask([lh], n_layers=L, n_heads=H) for lh in heads])
+    first = torch.tensor([0], device=body.device)  # only the CLS position is unembedded
     bar = tqdm(total=L * n_chunks, desc="ablated predictions", disable=not progress, leave=False)
     for i in range(0, n, batch_size):
         sl = slice(i, i + batch_size)
@@ -276,19 +280,20 @@ def ablated_predictions(
         with vit.bind(images[sl]) as batch:
             B = len(batch)
             chunk_abl.check_fits(body, batch)
-            names = [hook_resid_pre(layer) for layer in range(1, L)]
-            logits, resid = body.run_with_cache(batch.tokens, names)
-            base[sl] = logits[:, 0, :k].cpu()
-            for layer in range(L):
-                masks = torch.stack(
-                    [heads_to_mask([(layer, h)], n_layers=L, n_heads=H) for h in range(H)]
-                ).to(body.device)
-                r = resid[hook_resid_pre(layer)].repeat(H, 1, 1) if layer else None
-                first = torch.tensor([0], device=body.device)  # only the CLS position is unembedded
-                with body.hooks(masked_hooks(body, chunk_abl, masks, B)):
-                    out = body.forward_from(batch.tokens.repeat(H, 1), layer, r, positions=first)
-                preds[layer, :, sl] = out[:, 0, :k].reshape(H, B, k).cpu()
-                bar.update(1)
+            with torch.no_grad():
+                base[sl] = body(batch.tokens)[:, 0, :k].cpu()
+            got = engine.evaluate(
+                body,
+                batch.tokens,
+                masks,
+                chunk_abl,
+                lambda logits, c, B=B, m=k: logits[:, 0, :m].reshape(c, B, m),
+                read=first,
+                max_rows=H * B,  # one layer's H heads per forward, as before
+            )
+            for j, (layer, h) in enumerate(heads):
+                preds[layer, h, sl] = got[j]
+            bar.update(L)
     bar.close()
     names = list(TARGETS) if k == len(TARGETS) else [f"y{j}" for j in range(k)]
     truth = targets.cpu().numpy()

@@ -1,0 +1,355 @@
+"""The fused tail: blocks ``layer .. L-1`` and the unembedding computed from the weights directly.
+
+The engine's fastest path (:func:`mechheads.engine.evaluate`): for many ablated or patched copies
+of a batch it recomputes only what an exact result needs. Built by :func:`fused_tail`, which
+declines (returns None) every architecture outside what the tail reproduces and every tail that
+does not reproduce the model's own forward on a small fixed batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+
+from mechheads.model import HeadModel, hook_resid_pre, hook_z
+
+_ACTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu_new": lambda x: torch.nn.functional.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: torch.nn.functional.gelu(x, approximate="tanh"),
+    "gelu": torch.nn.functional.gelu,
+    "relu": torch.nn.functional.relu,
+}
+# Config flags that change the block computation; the fused tail only runs where all are off.
+_UNSUPPORTED_FLAGS = (
+    "n_key_value_heads",
+    "gated_mlp",
+    "uses_rms_norm",
+    "num_experts",
+    "final_rms",
+    "use_qk_norm",
+    "clip_qkv",
+    "use_logn_attn",
+    "use_dynamic_ntk_rope",
+    "use_local_attn",
+    "attn_types",
+    "parallel_attn_mlp",
+    "post_embedding_ln",
+    "use_normalization_before_and_after",
+    "use_NTK_by_parts_rope",
+    "use_yarn_rope",
+    "use_attention_sinks",
+    "relative_attention_num_buckets",
+    "rope_scaling",
+)
+
+
+def _orig(module):
+    """The wrapped module behind a TransformerBridge component (the module itself otherwise)."""
+    inner = getattr(module, "original_component", None)
+    return module if inner is None else inner
+
+
+@dataclass
+class _TailLayer:
+    ln1: tuple | None  # (weight or None, bias or None, eps); None = no normalisation
+    w_qkv: torch.Tensor  # [d_model, 3 * n_heads * d_head] (q | k | v columns)
+    b_qkv: torch.Tensor  # [3 * n_heads * d_head]
+    w_o: torch.Tensor  # [n_heads * d_head, d_model]
+    b_o: torch.Tensor  # [d_model]
+    scale: float
+    ln2: tuple | None = None
+    w_in: torch.Tensor | None = None  # [d_model, d_mlp]; None = attention-only
+    b_in: torch.Tensor | None = None
+    w_out: torch.Tensor | None = None  # [d_mlp, d_model]
+    b_out: torch.Tensor | None = None
+
+
+class FusedTail:
+    """Blocks ``layer .. L-1`` and the unembedding, computed directly from the model's weights.
+
+    The sweep engine's fast path (:func:`mechheads.ablation.evaluate_masks`): for many ablated
+    copies of a batch it recomputes only what an exact ablation result needs. It starts from the
+    clean ``hook_resid_pre`` and ``hook_z`` of the first ablated layer (so that layer's attention
+    is not recomputed: only its output projection of the edited ``z``), and, when only some
+    positions are read, runs the last layer's queries, output projection and MLP at those
+    positions alone (keys and values still cover every position) and, for causal attention,
+    drops positions after the last one read. Same arithmetic as the backend's forward, in fused
+    kernels (``F.layer_norm``, one QKV matmul, ``F.gelu``); results agree to float32 rounding.
+
+    No hook point fires inside it: ``edit_z(layer, z, positions)`` is the only intervention, so
+    callers use it only when no other hooks are attached (``HeadModel.n_attached_hooks() == 0``).
+    Built by :func:`fused_tail`, which returns None for architectures it does not cover
+    (grouped-query attention, gated or MoE MLPs, RMSNorm, parallel blocks, soft caps, ...).
+    """
+
+    def __init__(self, layers, final_ln, w_u, b_u, rotary, causal: bool, n_heads: int, d_head: int):
+        self.layers: list[_TailLayer] = layers
+        self.final_ln = final_ln
+        self.w_u, self.b_u = w_u, b_u  # [d_model, vocab], [vocab] or None
+        self.rotary = rotary  # None or (cos [n_ctx, rd], sin [n_ctx, rd], adjacent_pairs)
+        self.causal = causal
+        self.n_heads, self.d_head = n_heads, d_head
+        self.act: Callable[[torch.Tensor], torch.Tensor] = torch.nn.functional.relu
+
+    @staticmethod
+    def _norm(x: torch.Tensor, ln) -> torch.Tensor:
+        if ln is None:
+            return x
+        w, b, eps = ln
+        return torch.nn.functional.layer_norm(x, x.shape[-1:], w, b, eps)
+
+    def _rope(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Rotary embedding of x [N, q, head, d_head] at absolute positions ``pos`` [q]."""
+        cos, sin, adjacent = self.rotary
+        rd = cos.shape[-1]
+        c, s = cos[pos][:, None, :], sin[pos][:, None, :]
+        xr, xp = x[..., :rd], x[..., rd:]
+        if adjacent:
+            rot = torch.stack((-xr[..., 1::2], xr[..., 0::2]), -1).flatten(-2)
+        else:
+            rot = torch.cat((-xr[..., rd // 2 :], xr[..., : rd // 2]), -1)
+        out = xr * c + rot * s
+        return torch.cat((out, xp), -1) if xp.shape[-1] else out
+
+    def _attention(self, layer: _TailLayer, h: torch.Tensor, q_pos: torch.Tensor | None) -> torch.Tensor:
+        """z [N, q, head, d_head] for queries at ``q_pos`` (all positions if None), keys at all."""
+        N, T, _ = h.shape
+        H, dh = self.n_heads, self.d_head
+        hd = H * dh
+        if q_pos is None:
+            qkv = torch.nn.functional.linear(h, layer.w_qkv.T, layer.b_qkv)
+            q, k, v = qkv.view(N, T, 3, H, dh).unbind(2)
+            qp = torch.arange(T, device=h.device)
+        else:
+            kv = torch.nn.functional.linear(h, layer.w_qkv[:, hd:].T, layer.b_qkv[hd:])
+            k, v = kv.view(N, T, 2, H, dh).unbind(2)
+            q = torch.nn.functional.linear(h[:, q_pos], layer.w_qkv[:, :hd].T, layer.b_qkv[:hd])
+            q = q.view(N, len(q_pos), H, dh)
+            qp = q_pos
+        if self.rotary is not None:
+            q, k = self._rope(q, qp), self._rope(k, torch.arange(T, device=h.device))
+        scores = torch.matmul(q.transpose(1, 2), k.permute(0, 2, 3, 1)) / layer.scale  # [N, H, q, T]
+        if self.causal:
+            future = torch.arange(T, device=h.device)[None, :] > qp[:, None]
+            scores = scores.masked_fill(future, float("-inf"))
+        pattern = scores.softmax(-1)
+        return torch.matmul(pattern, v.transpose(1, 2)).transpose(1, 2)  # [N, q, H, dh]
+
+    def run(
+        self,
+        resid_pre: Float[torch.Tensor, "n pos d_model"],
+        layer: int,
+        edit_z: Callable[..., torch.Tensor] | None = None,
+        z: Float[torch.Tensor, "n pos head d_head"] | None = None,
+        positions: torch.Tensor | None = None,
+    ) -> Float[torch.Tensor, "n read vocab"]:
+        """Logits from the residual before block ``layer``.
+
+        Args:
+            resid_pre: ``blocks.{layer}.hook_resid_pre`` for the N rows.
+            edit_z: ``edit_z(l, z, pos)`` returns the (edited) ``z`` of layer l, given z at the
+                absolute positions ``pos`` (a 1-D index tensor, or None for 0..len-1).
+            z: the unedited ``hook_z`` of block ``layer``, if known (skips that attention).
+            positions: sorted read positions (1-D): logits only there, [N, len(positions), vocab].
+        """
+        L = len(self.layers)
+        x = resid_pre
+        if positions is not None and self.causal:
+            t = int(positions[-1]) + 1  # later positions cannot reach the read ones
+            x = x[:, :t]
+            z = None if z is None else z[:, :t]
+        for li in range(layer, L):
+            p = self.layers[li]
+            read = positions if li == L - 1 else None
+            if li == layer and z is not None:
+                zl = z if read is None else z[:, read]
+            else:
+                zl = self._attention(p, self._norm(x, p.ln1), read)
+            if read is not None:
+                x = x[:, read]
+            if edit_z is not None:
+                zl = edit_z(li, zl, read)
+            x = x + torch.nn.functional.linear(zl.flatten(-2), p.w_o.T, p.b_o)
+            if p.w_in is not None:
+                hidden = self.act(torch.nn.functional.linear(self._norm(x, p.ln2), p.w_in.T, p.b_in))
+                x = x + torch.nn.functional.linear(hidden, p.w_out.T, p.b_out)
+        out = self._norm(x, self.final_ln) @ self.w_u
+        return out if self.b_u is None else out + self.b_u
+
+    @torch.no_grad()
+    def agrees_with(self, model: HeadModel, tol: float = 1e-5) -> bool:
+        """Whether this tail reproduces ``model``'s own forward on a small fixed batch."""
+        c = model.cfg
+        T = min(c.n_ctx, 7)
+        tokens = torch.randint(0, c.d_vocab, (2, T), generator=torch.Generator().manual_seed(0))
+        last = c.n_layers - 1
+        names = [hook_resid_pre(0), hook_resid_pre(last), hook_z(last)]
+        want, cache = model.run_with_cache(tokens, names)
+        scale = max(1.0, want.abs().max().item())
+        pos = torch.tensor([T - 1], device=want.device)
+        got_all = self.run(cache[names[0]], 0)
+        got_last = self.run(cache[names[1]], last, None, cache[names[2]], pos)
+        if got_all.shape != want.shape or got_last.shape != want[:, -1:].shape:
+            return False
+        err = max((got_all - want).abs().max().item(), (got_last - want[:, -1:]).abs().max().item())
+        return err <= tol * scale
+
+    # ----- construction from a backend ---------------------------------------------------------
+    @classmethod
+    def from_model(cls, model: HeadModel) -> FusedTail | None:
+        c = model.tl.cfg
+        for flag in _UNSUPPORTED_FLAGS:
+            if getattr(c, flag, None):
+                return None
+        for cap in ("attn_scores_soft_cap", "output_logits_soft_cap"):
+            if float(getattr(c, cap, -1.0) or -1.0) > 0:
+                return None
+        if float(getattr(c, "rotary_scaling_factor", 1.0) or 1.0) != 1.0:
+            return None
+        norm = str(getattr(c, "normalization_type", None) or "").upper()
+        act = str(getattr(c, "act_fn", "") or "").lower()
+        pos_kind = str(getattr(c, "positional_embedding_type", "standard") or "standard").lower()
+        if norm not in ("LN", "LNPRE", "") or act not in _ACTS or pos_kind not in ("standard", "rotary"):
+            return None
+        if getattr(c, "attention_dir", "causal") not in ("causal", "bidirectional"):
+            return None
+        try:
+            tail = cls._from_hooked(model) if model.backend == "hooked" else cls._from_bridge(model)
+        except (AttributeError, TypeError, ValueError):
+            return None
+        if tail is not None:
+            tail.act = _ACTS[act]
+        return tail
+
+    @classmethod
+    def _from_hooked(cls, model: HeadModel) -> FusedTail | None:
+        tl = model.tl
+        if type(tl).__name__ != "HookedTransformer" or tl.cfg.dtype not in (torch.float32, torch.float64):
+            return None
+
+        def ln(mod):
+            name = type(mod).__name__
+            if name == "LayerNorm":
+                return (mod.w, mod.b, float(mod.eps))
+            if name == "LayerNormPre":
+                return (None, None, float(mod.eps))
+            if isinstance(mod, torch.nn.Identity):
+                return None
+            raise TypeError(name)
+
+        H, dh = model.cfg.n_heads, model.cfg.d_head
+        layers = []
+        for blk in tl.blocks:
+            a = blk.attn
+            if type(a).__name__ != "Attention" or type(blk).__name__ != "TransformerBlock":
+                return None
+            flat = lambda w: w.permute(1, 0, 2).reshape(w.shape[1], H * dh)  # noqa: E731
+            layer = _TailLayer(
+                ln1=ln(blk.ln1),
+                w_qkv=torch.cat([flat(a.W_Q), flat(a.W_K), flat(a.W_V)], 1),
+                b_qkv=torch.cat([a.b_Q.reshape(-1), a.b_K.reshape(-1), a.b_V.reshape(-1)]),
+                w_o=a.W_O.reshape(H * dh, -1),
+                b_o=a.b_O,
+                scale=float(a.attn_scale),
+            )
+            if not tl.cfg.attn_only:
+                if type(blk.mlp).__name__ != "MLP":
+                    return None
+                layer.ln2 = ln(blk.ln2)
+                layer.w_in, layer.b_in = blk.mlp.W_in, blk.mlp.b_in
+                layer.w_out, layer.b_out = blk.mlp.W_out, blk.mlp.b_out
+            layers.append(layer)
+        rotary = None
+        if tl.cfg.positional_embedding_type == "rotary":
+            a = tl.blocks[0].attn
+            rotary = (a.rotary_cos, a.rotary_sin, bool(tl.cfg.rotary_adjacent_pairs))
+        return cls(
+            layers,
+            ln(tl.ln_final),
+            tl.unembed.W_U,
+            tl.unembed.b_U,
+            rotary,
+            tl.cfg.attention_dir == "causal",
+            H,
+            dh,
+        )
+
+    @classmethod
+    def _from_bridge(cls, model: HeadModel) -> FusedTail | None:
+        from transformer_lens.model_bridge.sources.native import NativeModel
+
+        native = getattr(model.tl, "original_model", None)
+        if not isinstance(native, NativeModel):
+            return None
+
+        def ln(mod):
+            mod = _orig(mod)
+            name = type(mod).__name__
+            if isinstance(mod, torch.nn.LayerNorm):
+                return (mod.weight, mod.bias, float(mod.eps))
+            if name == "NativeLayerNormPre":
+                return (None, None, float(mod.eps))
+            if isinstance(mod, torch.nn.Identity):
+                return None
+            raise TypeError(name)
+
+        def lin(mod):
+            mod = _orig(mod)
+            if not isinstance(mod, torch.nn.Linear):
+                raise TypeError(type(mod).__name__)
+            return mod.weight.T, mod.bias
+
+        layers = []
+        for blk in native.layers:
+            blk = _orig(blk)
+            a = _orig(blk.attn)
+            if type(a).__name__ != "NativeAttention" or a.kv_repeats != 1:
+                return None
+            (wq, bq), (wk, bk), (wv, bv), (wo, bo) = (lin(a.q), lin(a.k), lin(a.v), lin(a.o))
+            layer = _TailLayer(
+                ln1=ln(blk.ln1),
+                w_qkv=torch.cat([wq, wk, wv], 1),
+                b_qkv=torch.cat([bq, bk, bv]),
+                w_o=wo,
+                b_o=bo,
+                scale=float(a.scale),
+            )
+            if not native.cfg.attn_only:
+                mlp = _orig(blk.mlp)
+                if type(mlp).__name__ != "NativeMLP" or getattr(mlp, "ln", None) is not None:
+                    return None
+                layer.ln2 = ln(blk.ln2)
+                (layer.w_in, layer.b_in), (layer.w_out, layer.b_out) = lin(mlp.fc_in), lin(mlp.fc_out)
+            layers.append(layer)
+        rotary = None
+        if native.rotary is not None:
+            rotary = (native.rotary.cos_cached, native.rotary.sin_cached, True)
+        w_u, b_u = lin(native.head)
+        return cls(
+            layers,
+            ln(native.ln_out),
+            w_u,
+            b_u,
+            rotary,
+            bool(native.cfg.attention_dir == "causal"),
+            model.cfg.n_heads,
+            model.cfg.d_head,
+        )
+
+
+def fused_tail(model: HeadModel) -> FusedTail | None:
+    """A :class:`FusedTail` over ``model``'s current weights, or None where the architecture is
+    outside what it reproduces exactly (then the engine uses hooks and the backend's forward).
+
+    Besides the architecture checks, every tail proves itself before it is returned: on a small
+    fixed batch its logits from layer 0, and from the last layer at the last position, must equal
+    the model's own forward (to 1e-5 relative); a tail that does not is declined.
+    """
+    tail = FusedTail.from_model(model)
+    return tail if tail is not None and tail.agrees_with(model) else None
+
+
+__all__ = ["FusedTail", "fused_tail"]
