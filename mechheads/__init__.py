@@ -6,12 +6,14 @@ Layers (each depends only on those above it):
    (head addressing and masks), :mod:`mechheads.hooks` (temporary per-head interventions);
 2. :mod:`mechheads.tasks` (prompts, targets, metrics, generators), :mod:`mechheads.zoo` (tiny trained models),
    :mod:`mechheads.pretrained` (all-MiniLM-L6-v2, the one model with real pretrained weights; optional extra);
-3. one module per method: :mod:`mechheads.ablation`, :mod:`mechheads.ablation_curves`,
+3. :mod:`mechheads.engine`: evaluate a metric under many head interventions (copies per forward,
+   prefix reuse, read positions, the fused tail, resumable chunks), with its naive reference;
+4. one module per method: :mod:`mechheads.ablation`, :mod:`mechheads.ablation_curves`,
    :mod:`mechheads.attribution`, :mod:`mechheads.cascades`, :mod:`mechheads.chg`,
    :mod:`mechheads.pruning`, :mod:`mechheads.patching`, :mod:`mechheads.function_vectors`,
    :mod:`mechheads.symbolic`, :mod:`mechheads.detectors`, :mod:`mechheads.pursuit`,
    :mod:`mechheads.vision`, :mod:`mechheads.sentence` (sentence embeddings of a BERT-style encoder);
-4. :mod:`mechheads.viz` (figures and CircuitsVis from the analyses' results),
+5. :mod:`mechheads.viz` (figures and CircuitsVis from the analyses' results),
    :mod:`mechheads.report` and :mod:`mechheads.cli` (``mechheads report``: the one-command HTML report),
    :mod:`mechheads.zoo_build` (training the zoo models and writing their cards, which run the methods).
 
