@@ -156,11 +156,17 @@ def evaluate(
     tail, clean, resid = None, None, None
     if fused and chunks and model.n_attached_hooks() == 0:
         tail = fused_tail(model)
+    clean_kv = None
     if tail is not None:
         starts = sorted({first[c[0]] for c in chunks if first[c[0]] < L})
         names = [n for layer in starts for n in (hook_resid_pre(layer), hook_z(layer))]
+        # KV reuse needs the clean keys and values of every layer after the first intervened one
+        kv_layers = list(range(starts[0] + 1, L)) if (starts and tail.causal and pos_mask is not None) else []
+        names += [hook_resid_pre(layer) for layer in kv_layers if hook_resid_pre(layer) not in names]
         with torch.inference_mode():
             clean, resid = model.run_with_cache(tokens, names)
+            if kv_layers:
+                clean_kv = tail.clean_keys_values({layer: resid[hook_resid_pre(layer)] for layer in kv_layers})
     else:
         starts = sorted({first[c[0]] for c in chunks if 0 < first[c[0]] < L})  # only layers still to run
         if model.reuses_prefix and starts:
@@ -172,7 +178,9 @@ def evaluate(
     try:
         for chunk in chunks:
             pm = pos_mask(chunk) if pos_mask is not None else None
-            vals = _run_chunk(model, tokens, masks[chunk], values, score, pm, read, resid, first[chunk[0]], tail, clean)
+            vals = _run_chunk(
+                model, tokens, masks[chunk], values, score, pm, read, resid, first[chunk[0]], tail, clean, clean_kv
+            )
             vals = vals.detach().cpu()
             for i, v in zip(chunk, vals, strict=True):
                 out[i] = v
@@ -196,6 +204,7 @@ def _run_chunk(
     start: int,
     tail: FusedTail | None,
     clean: torch.Tensor | None,
+    clean_kv: dict | None = None,
 ) -> torch.Tensor:
     k, B = masks.shape[0], tokens.shape[0]
     L = model.cfg.n_layers
@@ -210,10 +219,11 @@ def _run_chunk(
             fn = edits.get(layer)
             return z if fn is None else fn(z, pos)
 
-        r = resid[hook_resid_pre(start)].repeat(k, 1, 1)
-        z = resid[hook_z(start)].repeat(k, 1, 1, 1)
+        p = kv_start(pos_mask, read) if clean_kv is not None else 0
+        r = resid[hook_resid_pre(start)][:, p:].repeat(k, 1, 1)
+        z = resid[hook_z(start)][:, p:].repeat(k, 1, 1, 1)
         with torch.inference_mode():
-            logits = tail.run(r, start, edit, z, read)
+            logits = tail.run(r, start, edit, z, read, from_pos=p, clean_kv=clean_kv)
             return score(logits, k)
     hooks = masked_hooks(model, values, masks, B, pos_mask)
     r = None
@@ -222,6 +232,17 @@ def _run_chunk(
     with torch.inference_mode(), model.hooks(hooks):
         logits = model.forward_from(tokens.repeat(k, 1), start, r, positions=read)
         return score(logits, k)
+
+
+def kv_start(pos_mask: torch.Tensor | None, read: torch.Tensor | None) -> int:
+    """The first position a chunk can change or read: before it, every row keeps its clean value
+    in every layer of a causal model (0 when the chunk intervenes at every position or the score
+    reads every position)."""
+    if pos_mask is None or read is None:
+        return 0
+    touched = pos_mask.any(0).nonzero()
+    first = int(touched[0]) if len(touched) else pos_mask.shape[1]
+    return min(first, int(read[0]))
 
 
 def evaluate_naive(

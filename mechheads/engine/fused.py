@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float
 
+from mechheads.errors import MechheadsError
 from mechheads.model import HeadModel, hook_resid_pre, hook_z
 
 _ACTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -114,29 +115,69 @@ class FusedTail:
         out = xr * c + rot * s
         return torch.cat((out, xp), -1) if xp.shape[-1] else out
 
-    def _attention(self, layer: _TailLayer, h: torch.Tensor, q_pos: torch.Tensor | None) -> torch.Tensor:
-        """z [N, q, head, d_head] for queries at ``q_pos`` (all positions if None), keys at all."""
-        N, T, _ = h.shape
+    def _attention(
+        self,
+        layer: _TailLayer,
+        h: torch.Tensor,
+        q_pos: torch.Tensor | None,
+        offset: int = 0,
+        prefix: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """z [N, q, head, d_head] for queries at absolute positions ``q_pos`` (every position of
+        ``h`` if None). ``h`` covers positions ``offset ..``; with ``offset > 0`` the keys and values
+        of positions ``0 .. offset − 1`` come from ``prefix`` (the clean run's, [B, ≥offset, head,
+        d_head], shared by the N = copies × B rows, copy-major) and are not recomputed."""
+        N, Th, _ = h.shape
         H, dh = self.n_heads, self.d_head
         hd = H * dh
+        own = torch.arange(offset, offset + Th, device=h.device)
         if q_pos is None:
             qkv = torch.nn.functional.linear(h, layer.w_qkv.T, layer.b_qkv)
-            q, k, v = qkv.view(N, T, 3, H, dh).unbind(2)
-            qp = torch.arange(T, device=h.device)
+            q, k, v = qkv.view(N, Th, 3, H, dh).unbind(2)
+            qp = own
         else:
             kv = torch.nn.functional.linear(h, layer.w_qkv[:, hd:].T, layer.b_qkv[hd:])
-            k, v = kv.view(N, T, 2, H, dh).unbind(2)
-            q = torch.nn.functional.linear(h[:, q_pos], layer.w_qkv[:, :hd].T, layer.b_qkv[:hd])
+            k, v = kv.view(N, Th, 2, H, dh).unbind(2)
+            q = torch.nn.functional.linear(h[:, q_pos - offset], layer.w_qkv[:, :hd].T, layer.b_qkv[:hd])
             q = q.view(N, len(q_pos), H, dh)
             qp = q_pos
         if self.rotary is not None:
-            q, k = self._rope(q, qp), self._rope(k, torch.arange(T, device=h.device))
-        scores = torch.matmul(q.transpose(1, 2), k.permute(0, 2, 3, 1)) / layer.scale  # [N, H, q, T]
+            q, k = self._rope(q, qp), self._rope(k, own)
+        qh = q.transpose(1, 2)  # [N, H, q, dh]
+        scores = torch.matmul(qh, k.permute(0, 2, 3, 1)) / layer.scale  # [N, H, q, Th]
+        keys = own
+        if offset:
+            kp, vp = (t[:, :offset].transpose(1, 2) for t in prefix)  # [B, H, offset, dh]
+            B = kp.shape[0]
+            qc = qh.reshape(N // B, B, H, -1, dh)
+            before = torch.matmul(qc, kp.transpose(-1, -2)[None]).reshape(N, H, -1, offset) / layer.scale
+            scores = torch.cat([before, scores], -1)
+            keys = torch.arange(offset + Th, device=h.device)
         if self.causal:
-            future = torch.arange(T, device=h.device)[None, :] > qp[:, None]
-            scores = scores.masked_fill(future, float("-inf"))
+            scores = scores.masked_fill(keys[None, :] > qp[:, None], float("-inf"))
         pattern = scores.softmax(-1)
-        return torch.matmul(pattern, v.transpose(1, 2)).transpose(1, 2)  # [N, q, H, dh]
+        out = torch.matmul(pattern[..., offset:], v.transpose(1, 2))  # [N, H, q, dh]
+        if offset:
+            pc = pattern[..., :offset].reshape(N // B, B, H, -1, offset)
+            out = out + torch.matmul(pc, vp[None]).reshape(N, H, -1, dh)
+        return out.transpose(1, 2)  # [N, q, H, dh]
+
+    def clean_keys_values(
+        self, resid_pre: dict[int, torch.Tensor]
+    ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer: the (rotated) keys and values [B, pos, head, d_head] of the clean run, from
+        its ``hook_resid_pre`` of that layer, with the same kernels :meth:`run` uses."""
+        H, dh = self.n_heads, self.d_head
+        out = {}
+        for li, r in resid_pre.items():
+            p = self.layers[li]
+            B, T, _ = r.shape
+            kv = torch.nn.functional.linear(self._norm(r, p.ln1), p.w_qkv[:, H * dh :].T, p.b_qkv[H * dh :])
+            k, v = kv.view(B, T, 2, H, dh).unbind(2)
+            if self.rotary is not None:
+                k = self._rope(k, torch.arange(T, device=r.device))
+            out[li] = (k, v)
+        return out
 
     def run(
         self,
@@ -145,6 +186,8 @@ class FusedTail:
         edit_z: Callable[..., torch.Tensor] | None = None,
         z: Float[torch.Tensor, "n pos head d_head"] | None = None,
         positions: torch.Tensor | None = None,
+        from_pos: int = 0,
+        clean_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> Float[torch.Tensor, "n read vocab"]:
         """Logits from the residual before block ``layer``.
 
@@ -154,24 +197,39 @@ class FusedTail:
                 absolute positions ``pos`` (a 1-D index tensor, or None for 0..len-1).
             z: the unedited ``hook_z`` of block ``layer``, if known (skips that attention).
             positions: sorted read positions (1-D): logits only there, [N, len(positions), vocab].
+            from_pos: KV reuse (causal models only): the edits change nothing before this position
+                and every read position lies at or after it, so positions before it keep their
+                clean values in every layer. ``resid_pre`` and ``z`` then cover positions
+                ``from_pos ..`` only, and only those are computed, their
+                queries attending to the clean keys and values of earlier positions in ``clean_kv``
+                (:meth:`clean_keys_values` of every layer after ``layer``).
         """
         L = len(self.layers)
-        x = resid_pre
+        if from_pos and not self.causal:
+            raise MechheadsError("KV reuse (from_pos > 0) needs causal attention")
+        if from_pos and (clean_kv is None or any(li not in clean_kv for li in range(layer + 1, L))):
+            raise MechheadsError(f"KV reuse from position {from_pos} needs the clean keys and values of layers {layer + 1}..{L - 1}")
+        if positions is not None and int(positions[0]) < from_pos:
+            raise MechheadsError(f"read position {int(positions[0])} lies before from_pos={from_pos}")
+        x = resid_pre  # positions from_pos .. (see from_pos)
+        t = from_pos + x.shape[1]
         if positions is not None and self.causal:
             t = int(positions[-1]) + 1  # later positions cannot reach the read ones
-            x = x[:, :t]
-            z = None if z is None else z[:, :t]
+        x = x[:, : t - from_pos]
+        z = None if z is None else z[:, : t - from_pos]
+        span = torch.arange(from_pos, t, device=x.device) if from_pos else None
         for li in range(layer, L):
             p = self.layers[li]
             read = positions if li == L - 1 else None
             if li == layer and z is not None:
-                zl = z if read is None else z[:, read]
+                zl = z if read is None else z[:, read - from_pos]
             else:
-                zl = self._attention(p, self._norm(x, p.ln1), read)
+                prefix = clean_kv[li] if from_pos else None
+                zl = self._attention(p, self._norm(x, p.ln1), read, from_pos, prefix)
             if read is not None:
-                x = x[:, read]
+                x = x[:, read - from_pos]
             if edit_z is not None:
-                zl = edit_z(li, zl, read)
+                zl = edit_z(li, zl, read if read is not None else span)
             x = x + torch.nn.functional.linear(zl.flatten(-2), p.w_o.T, p.b_o)
             if p.w_in is not None:
                 hidden = self.act(torch.nn.functional.linear(self._norm(x, p.ln2), p.w_in.T, p.b_in))
