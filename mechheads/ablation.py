@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -37,47 +36,14 @@ from jaxtyping import Bool
 
 from mechheads import engine
 from mechheads.errors import MechheadsError
-from mechheads.heads import Head, HeadsLike, all_heads, heads_to_mask, parse_heads
+from mechheads.heads import Head, HeadsLike, all_heads, masks_from_head_sets, parse_heads
 from mechheads.hooks import Positions, position_mask
 from mechheads.model import HeadModel, hook_z
-from mechheads.tasks.core import Task, TokenBatch
-from mechheads.tasks.metrics import HIGHER_IS_BETTER, METRICS, Metric, get_metric
+from mechheads.tasks.core import Task, TokenBatch, as_batch
+from mechheads.tasks.metrics import METRICS, Metric, get_metric, metric_name, metric_values, orientation
 
 Method = Literal["zero", "mean", "resample", "scale"]
 METHODS = ("zero", "mean", "resample", "scale")
-
-
-def as_batch(model: HeadModel, data: Task | TokenBatch) -> TokenBatch:
-    """The token batch of ``data`` on the model's device, checked against the model.
-
-    Refused: target ids outside the model's output vocabulary (``d_vocab_out``), and padded
-    batches on a bidirectional model, whose forward would attend to the padding (mechheads passes
-    no attention mask): run prompts of equal token length together instead.
-    """
-    if isinstance(data, Task):
-        batch = data.batch(model)
-    elif isinstance(data, TokenBatch):
-        batch = data.to(model.device)
-    else:
-        raise MechheadsError(f"expected a Task or a TokenBatch, got {type(data).__name__}")
-    V = model.cfg.d_vocab_out
-    targets = [batch.labels[batch.target_mask], batch.first_target]
-    if batch.alt_first_target is not None:
-        targets.append(batch.alt_first_target)
-    top = max((int(t.max()) for t in targets if t.numel()), default=0)
-    if top >= V:
-        raise MechheadsError(
-            f"a target token id is {top}, but {model.name!r} predicts only ids 0..{V - 1} "
-            f"(output vocabulary d_vocab_out = {V}): use targets inside the output vocabulary"
-        )
-    if model.cfg.attention_dir == "bidirectional" and bool((batch.lengths < batch.tokens.shape[1]).any()):
-        lens = sorted(set(batch.lengths.tolist()))
-        raise MechheadsError(
-            f"{model.name!r} attends in both directions, so padding would change every position, but this batch "
-            f"is padded (prompt lengths {lens[:6]}{'...' if len(lens) > 6 else ''} in {batch.tokens.shape[1]} "
-            "positions). Pass prompts of equal token length (e.g. one batch per length)"
-        )
-    return batch
 
 
 @dataclass
@@ -370,26 +336,10 @@ def as_ablation(method: Method | Ablation, alpha: float | None = None) -> Ablati
 
 
 # ----- the engine --------------------------------------------------------------------------------
-def _metric_values(metric_fn: Metric, logits: torch.Tensor, batch: TokenBatch, k: int) -> torch.Tensor:
-    """One metric value per copy, from logits of the batch repeated ``k`` times."""
-    B = len(batch)
-    if metric_fn in METRICS.values():
-        return metric_fn(logits, batch.repeat(k), reduce="none").view(k, B).mean(1)
-    out = []
-    for i in range(k):
-        v = metric_fn(logits[i * B : (i + 1) * B], batch)
-        if not isinstance(v, torch.Tensor) or v.numel() != 1:
-            raise MechheadsError(
-                f"the metric must return a scalar tensor, got {getattr(v, 'shape', type(v).__name__)}"
-            )
-        out.append(v.reshape(()).float())
-    return torch.stack(out)
-
-
 def metric_value(model: HeadModel, batch: TokenBatch, metric: str | Metric) -> float:
     """The metric on the clean (unablated) model."""
     with torch.no_grad():
-        v = _metric_values(get_metric(metric), model(batch.tokens), batch, 1)[0].item()
+        v = metric_values(get_metric(metric), model(batch.tokens), batch, 1)[0].item()
     if not np.isfinite(v):
         raise MechheadsError(f"the metric is {v} on the clean model: it must be finite")
     return v
@@ -522,7 +472,7 @@ def evaluate_masks(
         batch.tokens,
         masks,
         ablation,
-        lambda logits, k: _metric_values(metric_fn, logits, scored, k).double(),
+        lambda logits, k: metric_values(metric_fn, logits, scored, k).double(),
         pos_mask=pos_mask if (shared_pos is not None or copy_positions is not None) else None,
         read=read,
         max_rows=max_rows,
@@ -578,28 +528,15 @@ def evaluate_masks_naive(
 
             hooks.append((hook_z(layer), fn))
         with torch.no_grad(), model.hooks(hooks):
-            out.append(_metric_values(metric_fn, model(batch.tokens), batch, 1)[0].item())
+            out.append(metric_values(metric_fn, model(batch.tokens), batch, 1)[0].item())
     return torch.tensor(out, dtype=torch.float64)
 
 
 # ----- results -----------------------------------------------------------------------------------
-def _orientation(metric: str | Metric, higher_is_better: bool | None) -> bool:
-    if higher_is_better is not None:
-        return higher_is_better
-    if isinstance(metric, str):
-        get_metric(metric)  # an unknown name: the error lists the valid ones
-        return HIGHER_IS_BETTER[metric]
-    raise MechheadsError("for a metric callable, say higher_is_better=True or False")
-
-
 def prepare(model, task, ablation, alpha, metric, higher_is_better):
     """What every analysis needs first: the ablation, the batch, the metric's direction, its baseline."""
     abl, batch = as_ablation(ablation, alpha), as_batch(model, task)
-    return abl, batch, _orientation(metric, higher_is_better), metric_value(model, batch, metric)
-
-
-def metric_name(metric: str | Metric) -> str:
-    return metric if isinstance(metric, str) else getattr(metric, "__name__", "custom")
+    return abl, batch, orientation(metric, higher_is_better), metric_value(model, batch, metric)
 
 
 @dataclass
@@ -644,7 +581,7 @@ class AblationResult:
         return self.table[self.table.importance < -tol].sort_values("importance")
 
 
-def _result_table(rows, values, baseline, method, metric, hib) -> pd.DataFrame:
+def result_table(rows, values, baseline, method, metric, hib) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     df["method"] = method
     df["metric"] = metric
@@ -709,7 +646,7 @@ def sweep_heads(
         checkpoint=checkpoint,
         fused=fused,
     )
-    table = _result_table(rows, values.numpy(), baseline, abl.label, metric_name(metric), hib)
+    table = result_table(rows, values.numpy(), baseline, abl.label, metric_name(metric), hib)
     return AblationResult(table, metric_name(metric), abl.label, baseline, hib)
 
 
@@ -731,13 +668,10 @@ def sweep_heads_naive(
     return pd.DataFrame(dict(layer=[h.layer for h in hs], head=[h.head for h in hs], value=vals.numpy()))
 
 
-def masks_from_head_sets(model: HeadModel, head_sets: Sequence[Sequence[Head]]) -> torch.Tensor:
-    L, H = model.cfg.n_layers, model.cfg.n_heads
-    return torch.stack([heads_to_mask(list(s), n_layers=L, n_heads=H) for s in head_sets])
-
 __all__ = [
     "METHODS",
     "as_batch",
+    "result_table",
     "Ablation",
     "as_ablation",
     "metric_value",

@@ -40,11 +40,7 @@ from mechheads.errors import MechheadsError
 from mechheads.heads import Head, HeadsLike, all_heads, heads_to_mask, parse_heads
 from mechheads.model import HeadModel, hook_resid_post
 from mechheads.tasks.core import Task, TokenBatch
-from mechheads.tasks.metrics import Metric
-
-
-def _damage(values: np.ndarray, baseline: float, hib: bool) -> np.ndarray:
-    return (baseline - values) if hib else (values - baseline)
+from mechheads.tasks.metrics import Metric, damage
 
 
 def _ranking(model: HeadModel, ranking) -> list[Head]:
@@ -72,7 +68,7 @@ def cumulative_ablation(
     values = evaluate_masks(
         model, batch, masks, abl, metric, max_rows=max_rows, progress=progress, desc="cumulative"
     ).numpy()
-    dmg = _damage(values, baseline, hib)
+    dmg = damage(values, baseline, hib)
     return pd.DataFrame(
         dict(
             k=range(len(hs) + 1),
@@ -136,7 +132,7 @@ def iterative_pruning(
     while remaining:
         masks = masks_from_head_sets(model, [[*removed, h] for h in remaining])
         values = evaluate_masks(model, batch, masks, abl, metric, max_rows=max_rows).numpy()
-        dmg = _damage(values, baseline, hib)
+        dmg = damage(values, baseline, hib)
         i = int(np.argmin(dmg))
         removed.append(remaining.pop(i))
         rel = dmg[i] / abs(baseline) if baseline else np.nan
@@ -199,7 +195,7 @@ def pairwise_interactions(
         progress=progress,
         desc="pairs",
     ).numpy()
-    dmg = _damage(values, baseline, hib)
+    dmg = damage(values, baseline, hib)
     single = dmg[: len(hs)]
     rows = []
     for j, (a, b) in enumerate(pairs):
@@ -267,9 +263,9 @@ def faithfulness(
         desc="faithfulness",
     ).numpy()
     n = len(ks)
-    comp = _damage(values[:n], baseline, hib)
-    floor = _damage(values[-1:], baseline, hib)[0]  # damage with every head ablated
-    kept_dmg = _damage(values[n : 2 * n], baseline, hib)
+    comp = damage(values[:n], baseline, hib)
+    floor = damage(values[-1:], baseline, hib)[0]  # damage with every head ablated
+    kept_dmg = damage(values[n : 2 * n], baseline, hib)
     suff = 1 - kept_dmg / floor if floor != 0 else np.full(n, np.nan)
     table = pd.DataFrame(
         dict(

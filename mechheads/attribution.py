@@ -35,12 +35,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from mechheads.ablation import Ablation, Method, _metric_values, _orientation, as_batch, sweep_heads
+from mechheads.ablation import Ablation, Method, sweep_heads
 from mechheads.errors import MechheadsError
 from mechheads.hooks import gate_heads
 from mechheads.model import HeadModel, hook_pattern, hook_resid_pre, hook_z
-from mechheads.tasks.core import Task, TokenBatch
-from mechheads.tasks.metrics import METRICS, Metric, get_metric
+from mechheads.tasks.core import Task, TokenBatch, as_batch
+from mechheads.tasks.metrics import METRICS, Metric, get_metric, metric_values, orientation
 
 
 def _head_frame(model: HeadModel, values: torch.Tensor, column: str) -> pd.DataFrame:
@@ -236,7 +236,7 @@ def attribution_patching(
         if pinned_input is not None:
             hooks.append((embed, _path_hook(pinned_input, None)))
         with model.hooks(hooks):
-            vals = _metric_values(fn, model(corrupt_tokens.repeat(k, 1)), batch, k)
+            vals = metric_values(fn, model(corrupt_tokens.repeat(k, 1)), batch, k)
         if not torch.isfinite(vals.detach()).all():
             raise MechheadsError(f"attribution_patching: the metric is not finite ({vals.detach().tolist()})")
         grads = torch.autograd.grad(vals.sum(), eps)
@@ -502,7 +502,7 @@ def integrated_gradients(
         g = points[start : start + per_chunk].clone().requires_grad_(True)
         k = g.shape[0]
         with gate_heads(model, g.repeat_interleave(B, 0)):
-            vals = _metric_values(fn, model(batch.tokens.repeat(k, 1)), batch, k)
+            vals = metric_values(fn, model(batch.tokens.repeat(k, 1)), batch, k)
         if not torch.isfinite(vals.detach()).all():
             raise MechheadsError(
                 f"integrated_gradients: the metric is not finite on the path ({vals.detach().tolist()})"
@@ -645,7 +645,7 @@ def compare_estimators(
     named = isinstance(metric, str) and isinstance(pmetric, str)
     _check_ranking_options(k, model.cfg.n_layers * model.cfg.n_heads, signed, named)
     signs = (
-        (1.0 if _orientation(metric, None) else -1.0, 1.0 if _orientation(pmetric, None) else -1.0)
+        (1.0 if orientation(metric, None) else -1.0, 1.0 if orientation(pmetric, None) else -1.0)
         if named
         else None
     )

@@ -51,14 +51,21 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
-from mechheads import _state
-from mechheads._state import state_error
-from mechheads.ablation import _metric_values, as_batch
+from mechheads import statefiles
 from mechheads.errors import MechheadsError
 from mechheads.hooks import gate_heads
 from mechheads.model import HeadModel, hook_z
-from mechheads.tasks.core import Task, TokenBatch
-from mechheads.tasks.metrics import HIGHER_IS_BETTER, METRICS, Metric, get_metric, mse, target_logprob
+from mechheads.statefiles import state_error
+from mechheads.tasks.core import Task, TokenBatch, as_batch, example_schedule
+from mechheads.tasks.metrics import (
+    HIGHER_IS_BETTER,
+    METRICS,
+    Metric,
+    get_metric,
+    metric_values,
+    mse,
+    target_logprob,
+)
 
 DEFAULT_LAMBDA = 1.5e-4
 """Per-gate regularisation strength: the paper's λ = 0.1 over Llama-3.2-3B's 672 heads."""
@@ -317,14 +324,6 @@ def init_logits(model: HeadModel, seeds: Sequence[int]) -> Float[torch.Tensor, "
     return torch.stack(out).to(model.device)
 
 
-def _schedule(n_examples: int, n_updates: int, batch_size: int, seed: int, phase: str) -> torch.Tensor:
-    """Example indices for every update [n_updates, batch]: consecutive shuffled epochs."""
-    g = torch.Generator().manual_seed(int(hashlib.sha256(f"{seed}|{phase}".encode()).hexdigest()[:12], 16))
-    need = n_updates * batch_size
-    perms = [torch.randperm(n_examples, generator=g) for _ in range(-(-need // n_examples))]
-    return torch.cat(perms)[:need].view(n_updates, batch_size)
-
-
 @dataclass
 class PhaseFit:
     """One fitted phase for K gate sets."""
@@ -382,7 +381,7 @@ def fit_phase(
     written atomically every ``checkpoint_every`` updates and a rerun with the same arguments
     resumes from it, producing the same gates as an uninterrupted fit. ``checkpoint`` is a JSON file
     (the fit's identity and update count); the tensors sit beside it in a safetensors file
-    (:mod:`mechheads._state`). A checkpoint of another fit, or a file that is not such a checkpoint,
+    (:mod:`mechheads.statefiles`). A checkpoint of another fit, or a file that is not such a checkpoint,
     raises :class:`~mechheads.errors.MechheadsError`.
     """
     check_gateable(model)
@@ -400,7 +399,7 @@ def fit_phase(
     traj = torch.empty(n_updates, K, L, H)
     losses = torch.empty(n_updates, K)
     start = 0
-    schedule = _schedule(len(objective), n_updates, batch_size, seed, phase)
+    schedule = example_schedule(len(objective), n_updates, batch_size, seed, phase)
     ckpt = Path(checkpoint) if checkpoint is not None else None
     key = hashlib.sha256(
         repr(
@@ -491,7 +490,7 @@ def _save_phase_checkpoint(
     adam = opt.state_dict()["state"][0]
     tensors = {"param": param, "traj": traj[:step], "losses": losses[:step]}
     tensors |= {f"adam.{name}": adam[name] for name in _ADAM_STATE}
-    _state.save(path, _PHASE_KIND, {"key": key, "step": step}, tensors)
+    statefiles.save(path, _PHASE_KIND, {"key": key, "step": step}, tensors)
 
 
 def _load_phase_checkpoint(
@@ -504,8 +503,8 @@ def _load_phase_checkpoint(
 ) -> int:
     """Restore a :func:`_save_phase_checkpoint` state into ``param``, ``opt``, ``traj`` and
     ``losses`` after checking it field by field; returns the number of updates already done."""
-    payload, tensors = _state.load(path, _PHASE_KIND)
-    _state.check(path, payload, {"key": str, "step": int})
+    payload, tensors = statefiles.load(path, _PHASE_KIND)
+    statefiles.check(path, payload, {"key": str, "step": int})
     if payload["key"] != key:
         raise MechheadsError(
             f"checkpoint {str(path)!r} belongs to a different fit (model, data, phase, λ, schedule or start differ); "
@@ -524,7 +523,7 @@ def _load_phase_checkpoint(
         "adam.exp_avg": (shape, dtype),
         "adam.exp_avg_sq": (shape, dtype),
     }
-    _state.check_tensors(path, tensors, spec)
+    statefiles.check_tensors(path, tensors, spec)
     if float(tensors["adam.step"]) != step:
         raise state_error(
             path, f"has Adam at step {float(tensors['adam.step'])!r} but records {step} updates"
@@ -701,7 +700,7 @@ class CHGResult:
             "config": config,
             "phases": phases,
         }
-        _state.save(path, _RESULT_KIND, payload, tensors)
+        statefiles.save(path, _RESULT_KIND, payload, tensors)
 
     @classmethod
     def load(cls, path: str | Path) -> CHGResult:
@@ -710,7 +709,7 @@ class CHGResult:
         path = Path(path)
         if not path.exists():
             raise MechheadsError(f"no CHG result at {str(path)!r}")
-        payload, tensors = _state.load(path, _RESULT_KIND)
+        payload, tensors = statefiles.load(path, _RESULT_KIND)
         dtypes = {"logits": str, "trajectory": str, "losses": str}
         spec = {
             "n_layers": int,
@@ -728,7 +727,7 @@ class CHGResult:
             },
             "phases": [{"phase": str, "lam": float, "n_updates": int, "dtypes": dtypes}],
         }
-        _state.check(path, payload, spec)
+        statefiles.check(path, payload, spec)
         L, H, seeds = payload["n_layers"], payload["n_heads"], payload["seeds"]
         if L < 1 or H < 1 or not seeds or len(set(seeds)) != len(seeds):
             raise state_error(path, f"has {L} layers, {H} heads and seeds {seeds[:10]}")
@@ -751,7 +750,7 @@ class CHGResult:
                 f"{p['phase']}.trajectory": ((n, K, L, H), dt["trajectory"]),
                 f"{p['phase']}.losses": ((n, K), dt["losses"]),
             }
-        _state.check_tensors(path, tensors, shapes)
+        statefiles.check_tensors(path, tensors, shapes)
         phases = {
             p["phase"]: PhaseFit(
                 p["phase"],
@@ -885,7 +884,7 @@ def evaluate_gates(
             k = len(g)
             with gate_heads(model, g.repeat_interleave(B, dim=0)):
                 logits = model(batch.tokens.repeat(k, 1))
-            out.append(_metric_values(fn, logits, batch, k).float().cpu())
+            out.append(metric_values(fn, logits, batch, k).float().cpu())
     return torch.cat(out)
 
 

@@ -11,7 +11,7 @@ Example:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -151,7 +151,13 @@ def mask_to_heads(mask: torch.Tensor) -> list[Head]:
     return [Head(int(l), int(h)) for l, h in mask.bool().nonzero().tolist()]
 
 
+def masks_from_head_sets(model, head_sets: Sequence[Sequence[Head]]) -> torch.Tensor:
+    """[K, layer, head] boolean masks, one per head set (True = in the set)."""
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    return torch.stack([heads_to_mask(list(s), n_layers=L, n_heads=H) for s in head_sets])
+
 __all__ = [
+    "masks_from_head_sets",
     "Head",
     "all_heads",
     "heads_to_mask",

@@ -63,11 +63,11 @@ def default_backend() -> str:
         raise MechheadsError("TransformerLens is not installed: pip install 'transformer-lens>=3.9,<5'")
     wanted = os.environ.get("MECHHEADS_BACKEND")
     if wanted:
-        return _check_backend(wanted)
+        return check_backend(wanted)
     return found[0]
 
 
-def _check_backend(backend: str) -> str:
+def check_backend(backend: str) -> str:
     found = available_backends()
     if backend not in BACKENDS:
         raise MechheadsError(f"unknown backend {backend!r}; valid backends: {list(BACKENDS)}")
@@ -500,7 +500,7 @@ def build_model(
     """
     from mechheads.arch import init_state
 
-    backend = _check_backend(backend) if backend else default_backend()
+    backend = check_backend(backend) if backend else default_backend()
     state = init_state(cfg, seed) if state is None else state
     check_state(state, param_shapes(cfg))
     if backend == "hooked":
@@ -617,7 +617,7 @@ def load_pretrained(
     ``hooked``: ``HookedTransformer.from_pretrained(name, **kwargs)``;
     ``bridge``: ``TransformerBridge.boot_transformers(name, **kwargs)``.
     """
-    backend = _check_backend(backend) if backend else default_backend()
+    backend = check_backend(backend) if backend else default_backend()
     if backend == "hooked":
         from transformer_lens import HookedTransformer
 
@@ -632,6 +632,7 @@ def load_pretrained(
 __all__ = [
     "BACKENDS",
     "available_backends",
+    "check_backend",
     "default_backend",
     "Dims",
     "hook_z",

@@ -51,7 +51,7 @@ from pathlib import Path
 import torch
 
 from mechheads.errors import MechheadsError
-from mechheads.model import HeadModel, _check_backend, default_backend, wrap
+from mechheads.model import HeadModel, check_backend, default_backend, wrap
 from mechheads.tokenizer import HFTokenizer
 
 MINILM_NAME = "all-MiniLM-L6-v2"
@@ -191,7 +191,7 @@ def _build_hooked():
     try:
         from transformer_lens import HookedEncoder, HookedTransformerConfig
         from transformer_lens.pretrained.weight_conversions.bert import convert_bert_weights
-    except ImportError as e:  # pragma: no cover - guarded by _check_backend
+    except ImportError as e:  # pragma: no cover - guarded by check_backend
         raise MechheadsError(f"backend 'hooked' needs TransformerLens 3.x with HookedEncoder: {e}") from None
     hf, cfg = _hf_with_heads("BertForPreTraining", with_pooler=True)
     if cfg.hidden_act != "gelu" or cfg.position_embedding_type != "absolute":
@@ -246,7 +246,7 @@ def load_minilm(backend: str | None = None) -> HeadModel:
         MechheadsError: the optional extra is not installed (the message says how to install
             it), or ``backend`` is not one of the available backends.
     """
-    backend = _check_backend(backend) if backend is not None else default_backend()
+    backend = check_backend(backend) if backend is not None else default_backend()
     minilm_dir()  # a clear message before any import of transformers
     tl = _build_hooked() if backend == "hooked" else _build_bridge()
     tl.eval()

@@ -59,22 +59,20 @@ from tqdm.auto import tqdm
 from mechheads.ablation import (
     Ablation,
     Method,
-    _orientation,
     as_ablation,
     as_batch,
     evaluate_masks,
-    metric_name,
     metric_value,
 )
-from mechheads.ablation_curves import _damage, iterative_pruning
-from mechheads.chg import CHGConfig, TaskLoss, _schedule, check_gateable, evaluate_gates
+from mechheads.ablation_curves import iterative_pruning
+from mechheads.chg import CHGConfig, TaskLoss, check_gateable, evaluate_gates
 from mechheads.chg import fit as chg_fit
 from mechheads.errors import MechheadsError, check_positive_ints
 from mechheads.heads import Head, mask_to_heads
 from mechheads.hooks import gate_heads
 from mechheads.model import HeadModel
-from mechheads.tasks.core import Task, TokenBatch
-from mechheads.tasks.metrics import Metric, get_metric
+from mechheads.tasks.core import Task, TokenBatch, example_schedule
+from mechheads.tasks.metrics import Metric, damage, get_metric, metric_name, orientation
 
 VOITA_TEMPERATURE = 1 / 3
 """β of Voita et al.'s released ``ConcreteGate`` (0.33): the default here."""
@@ -237,7 +235,7 @@ def _fit_group(
     P, B = len(penalties), config.batch_size
     target = copy_model(model) if train_model else model
     objective = TaskLoss(target, data, loss)
-    schedule = _schedule(len(objective), config.n_steps, B, seed, "pruning")
+    schedule = example_schedule(len(objective), config.n_steps, B, seed, "pruning")
     gens = [_noise_generator(seed, p) for p in penalties]
     lam = torch.tensor(penalties, device=model.device)
     param = torch.full((P, L, H), float(config.init_log_alpha), device=model.device, requires_grad=True)
@@ -447,7 +445,7 @@ def learned_pruning(
     check_gateable(model)
     pens = check_penalties(penalties)
     get_metric(metric)  # an unknown name fails here, before any fitting
-    hib = _orientation(metric, higher_is_better)
+    hib = orientation(metric, higher_is_better)
     data = as_batch(model, task)
     ev = as_batch(model, eval_task) if eval_task is not None else data
     if train_model:
@@ -502,7 +500,7 @@ def learned_pruning(
             "fraction_kept": kept / n,
             "value": values,
             "retained": _retained(values, baseline, hib),
-            "damage": _damage(values, baseline, hib),
+            "damage": damage(values, baseline, hib),
             "gated_value": gated,
             "expected_l0": p_open(log_alpha, config.temperature, config.stretch).sum((1, 2)).double().numpy(),
             "final_loss": losses[-tail:].mean(0).double().numpy(),
@@ -594,7 +592,7 @@ def compare_pruning(
     check_gateable(model)
     get_metric(metric)
     get_metric(selection_metric)
-    hib = _orientation(metric, higher_is_better)
+    hib = orientation(metric, higher_is_better)
     abl = as_ablation(ablation)
     ev = as_batch(model, eval_task) if eval_task is not None else as_batch(model, task)
     if learned is None:
@@ -659,7 +657,7 @@ def compare_pruning(
             "heads": [_fmt(s[2]) for s in sets],
             "value": values,
             "retained": _retained(values, baseline, hib),
-            "damage": _damage(values, baseline, hib),
+            "damage": damage(values, baseline, hib),
         }
     )
     df = df.sort_values(["method", "heads_kept"], kind="stable").reset_index(drop=True)

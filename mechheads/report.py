@@ -18,7 +18,7 @@ as CSV:
 7. CircuitsVis attention patterns of the most important heads.
 
 Each finished section is stored as JSON in ``<out>/.state/<section>.json`` (written atomically; see
-:mod:`mechheads._state`) with a fingerprint of the model, the task and the options, so an interrupted
+:mod:`mechheads.statefiles`) with a fingerprint of the model, the task and the options, so an interrupted
 run resumes where it stopped (``resume=False`` recomputes). A state file that is not such a record
 raises :class:`~mechheads.errors.MechheadsError`; deleting it recomputes that section. The
 report only composes: analyses come from the method modules, pictures from :mod:`mechheads.viz`.
@@ -47,10 +47,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from mechheads import _state
-from mechheads._state import state_error
+from mechheads import statefiles
 from mechheads.errors import MechheadsError, check_positive_ints
 from mechheads.model import HeadModel
+from mechheads.statefiles import state_error
 from mechheads.tasks import generators as gen
 from mechheads.tasks.core import Task
 from mechheads.tasks.metrics import METRICS
@@ -287,13 +287,13 @@ _SECTION_SPEC = {
 def _load_state(path: Path, fingerprint: str) -> Section | None:
     """The section stored at ``path`` if it was computed from the same inputs, else None.
 
-    The file is JSON (:mod:`mechheads._state`), checked field by field before use; a file that is
+    The file is JSON (:mod:`mechheads.statefiles`), checked field by field before use; a file that is
     not such a state raises :class:`~mechheads.errors.MechheadsError` (delete it to recompute).
     """
     if not path.exists():
         return None
-    payload, tensors = _state.load(path, _SECTION_KIND)
-    _state.check(path, payload, _SECTION_SPEC)
+    payload, tensors = statefiles.load(path, _SECTION_KIND)
+    statefiles.check(path, payload, _SECTION_SPEC)
     if tensors:
         raise state_error(path, f"has tensors {sorted(tensors)}, but a report section has none")
     if payload["fingerprint"] != fingerprint:
@@ -319,7 +319,7 @@ def _save_state(path: Path, fingerprint: str, section: Section) -> None:
             "tables": [_encode_table(name, df) for name, df in section.tables.items()],
         },
     }
-    _state.save(path, _SECTION_KIND, payload)
+    statefiles.save(path, _SECTION_KIND, payload)
 
 
 # ----- sections ----------------------------------------------------------------------------------
@@ -655,7 +655,7 @@ def build_report(
         done.append(sec)
     for sec in done:
         for name, df in sec.tables.items():
-            _state.write_text(out / "tables" / f"{sec.key}_{name}.csv", df.to_csv(index=False))
+            statefiles.write_text(out / "tables" / f"{sec.key}_{name}.csv", df.to_csv(index=False))
     meta = (
         f"mechheads report — {zoo_name or 'user model'}, task {task.name!r}, {len(task)} prompts, "
         f"{model.backend} backend; generated {time.strftime('%Y-%m-%d %H:%M:%S')}; "
@@ -663,17 +663,18 @@ def build_report(
     )
     page = render_page(f"mechheads report: {zoo_name or 'model'} on {task.name}", done, meta)
     html_path = out / "report.html"
-    _state.write_text(html_path, page)
+    statefiles.write_text(html_path, page)
     return Report(out, html_path, done)
 
 
 def _sweep_from(sec: Section, metric: str):
     """The zero-ablation sweep result from the ablation section's table (for later sections)."""
-    from mechheads.ablation import AblationResult, _orientation
+    from mechheads.ablation import AblationResult
+    from mechheads.tasks.metrics import orientation
 
     df = sec.tables["sweep"]
     zero = df[df.method == "zero"].reset_index(drop=True)
-    return AblationResult(zero, metric, "zero", float(zero.baseline.iloc[0]), _orientation(metric, None))
+    return AblationResult(zero, metric, "zero", float(zero.baseline.iloc[0]), orientation(metric, None))
 
 
 __all__ = [

@@ -45,7 +45,7 @@ import torch
 from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 
-from mechheads.ablation import AblationResult, _result_table
+from mechheads.ablation import AblationResult, result_table
 from mechheads.errors import MechheadsError, preview
 from mechheads.heads import HeadsLike, all_heads, parse_heads
 from mechheads.hooks import replace_heads, scale_heads
@@ -442,7 +442,7 @@ def ablation_sweep(
             with ctx:
                 values.append(data.gap(model))
     rows = [dict(layer=h.layer, head=h.head, position=-1) for h in hs]
-    table = _result_table(rows, values, baseline, ablation, METRIC_NAME, True)
+    table = result_table(rows, values, baseline, ablation, METRIC_NAME, True)
     return AblationResult(table, METRIC_NAME, ablation, baseline, True)
 
 

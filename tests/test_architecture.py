@@ -16,7 +16,7 @@ LAYERS = {
     "mechheads.errors": 1,
     "mechheads.arch": 1,
     "mechheads.tokenizer": 1,
-    "mechheads._state": 1,
+    "mechheads.statefiles": 1,
     "mechheads.model": 1,
     "mechheads.heads": 1,
     "mechheads.hooks": 1,

@@ -1,11 +1,11 @@
-"""State files (mechheads._state): JSON + safetensors, atomic, checked before use, never unpickled."""
+"""State files (mechheads.statefiles): JSON + safetensors, atomic, checked before use, never unpickled."""
 
 import pickle
 
 import pytest
 import torch
 
-from mechheads import MechheadsError, _state
+from mechheads import MechheadsError, statefiles
 
 
 class _Marker:
@@ -18,16 +18,16 @@ class _Marker:
 
 def test_round_trip_and_one_tensor_file_per_state(tmp_path):
     path = tmp_path / "s.json"
-    _state.save(path, "demo", {"a": 1, "b": [1.5, "x", None, True]}, {"t": torch.arange(6.0).view(2, 3)})
-    _state.save(path, "demo", {"a": 2, "b": []}, {"t": torch.ones(2, 3)})
-    payload, tensors = _state.load(path, "demo")
+    statefiles.save(path, "demo", {"a": 1, "b": [1.5, "x", None, True]}, {"t": torch.arange(6.0).view(2, 3)})
+    statefiles.save(path, "demo", {"a": 2, "b": []}, {"t": torch.ones(2, 3)})
+    payload, tensors = statefiles.load(path, "demo")
     assert payload == {"a": 2, "b": []} and torch.equal(tensors["t"], torch.ones(2, 3))
     assert sorted(p.suffix for p in tmp_path.iterdir()) == [
         ".json",
         ".safetensors",
     ]  # old tensors gone, no .tmp
-    _state.save(path, "demo", {"a": 3})
-    assert [p.name for p in tmp_path.iterdir()] == ["s.json"] and _state.load(path, "demo") == ({"a": 3}, {})
+    statefiles.save(path, "demo", {"a": 3})
+    assert [p.name for p in tmp_path.iterdir()] == ["s.json"] and statefiles.load(path, "demo") == ({"a": 3}, {})
 
 
 def test_pickle_and_foreign_files_are_refused_without_running_them(tmp_path):
@@ -36,7 +36,7 @@ def test_pickle_and_foreign_files_are_refused_without_running_them(tmp_path):
     with pytest.raises(
         MechheadsError, match=r"s\.json' is not a JSON state file .*delete it to start afresh"
     ):
-        _state.load(path, "demo")
+        statefiles.load(path, "demo")
     assert not marker.exists()
     for text, msg in [
         ("[1, 2]", "is not a mechheads state file"),
@@ -55,13 +55,13 @@ def test_pickle_and_foreign_files_are_refused_without_running_them(tmp_path):
     ]:
         path.write_text(text)
         with pytest.raises(MechheadsError, match=msg):
-            _state.load(path, "demo")
+            statefiles.load(path, "demo")
 
 
 def test_checks_name_the_field_and_the_problem(tmp_path):
     p = tmp_path / "s.json"
     spec = {"n": int, "xs": [float], "inner": {"name": (str, type(None))}}
-    _state.check(p, {"n": 1, "xs": [0.5], "inner": {"name": None}}, spec)
+    statefiles.check(p, {"n": 1, "xs": [0.5], "inner": {"name": None}}, spec)
     bad = [
         ({"n": True, "xs": [], "inner": {"name": "a"}}, "has bool 'True' at n where an int belongs"),
         ({"n": 1, "xs": [1], "inner": {"name": "a"}}, r"at xs\[0\] where a finite float belongs"),
@@ -70,28 +70,28 @@ def test_checks_name_the_field_and_the_problem(tmp_path):
     ]
     for value, msg in bad:
         with pytest.raises(MechheadsError, match=msg):
-            _state.check(p, value, spec)
+            statefiles.check(p, value, spec)
     with pytest.raises(
         MechheadsError, match=r"tensor 't' of shape \[2\] torch.int64, expected \[2\] torch.float32"
     ):
-        _state.check_tensors(p, {"t": torch.tensor([1, 2])}, {"t": ((2,), torch.float32)})
+        statefiles.check_tensors(p, {"t": torch.tensor([1, 2])}, {"t": ((2,), torch.float32)})
     with pytest.raises(MechheadsError, match=r"wrong tensors \(missing \[\], unexpected \['u'\]\)"):
-        _state.check_tensors(p, {"t": torch.ones(2), "u": torch.ones(1)}, {"t": ((2,), torch.float32)})
+        statefiles.check_tensors(p, {"t": torch.ones(2), "u": torch.ones(1)}, {"t": ((2,), torch.float32)})
 
 
 def test_a_non_json_payload_is_a_caller_error_and_leaves_no_file(tmp_path):
     path = tmp_path / "s.json"
     with pytest.raises(MechheadsError, match="cannot store state"):
-        _state.save(path, "demo", {"x": float("inf")})
+        statefiles.save(path, "demo", {"x": float("inf")})
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_directory_or_a_missing_tensor_file_is_a_state_error(tmp_path):
     (tmp_path / "d.json").mkdir()
     with pytest.raises(MechheadsError, match=r"d\.json' cannot be read"):
-        _state.load(tmp_path / "d.json", "demo")
+        statefiles.load(tmp_path / "d.json", "demo")
     path = tmp_path / "s.json"
-    _state.save(path, "demo", {}, {"t": torch.ones(1)})
+    statefiles.save(path, "demo", {}, {"t": torch.ones(1)})
     next(tmp_path.glob("s.json.*.safetensors")).unlink()
     with pytest.raises(MechheadsError, match="which does not exist; delete it to start afresh"):
-        _state.load(path, "demo")
+        statefiles.load(path, "demo")

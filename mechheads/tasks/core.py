@@ -8,6 +8,7 @@ predict a target token, so every loss and metric reads target tokens only.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import torch
 from jaxtyping import Bool, Int
 
 from mechheads.errors import MechheadsError
+from mechheads.model import HeadModel
 from mechheads.tokenizer import encode_pair
 
 
@@ -293,7 +295,51 @@ def tokenize_pairs(tok, prompts, targets, alt_targets=None, *, n_ctx: int, name:
         alt_target_lengths=torch.tensor(alt_lens) if alt_targets is not None else None,
     )
 
+def as_batch(model: HeadModel, data: Task | TokenBatch) -> TokenBatch:
+    """The token batch of ``data`` on the model's device, checked against the model.
+
+    Refused: target ids outside the model's output vocabulary (``d_vocab_out``), and padded
+    batches on a bidirectional model, whose forward would attend to the padding (mechheads passes
+    no attention mask): run prompts of equal token length together instead.
+    """
+    if isinstance(data, Task):
+        batch = data.batch(model)
+    elif isinstance(data, TokenBatch):
+        batch = data.to(model.device)
+    else:
+        raise MechheadsError(f"expected a Task or a TokenBatch, got {type(data).__name__}")
+    V = model.cfg.d_vocab_out
+    targets = [batch.labels[batch.target_mask], batch.first_target]
+    if batch.alt_first_target is not None:
+        targets.append(batch.alt_first_target)
+    top = max((int(t.max()) for t in targets if t.numel()), default=0)
+    if top >= V:
+        raise MechheadsError(
+            f"a target token id is {top}, but {model.name!r} predicts only ids 0..{V - 1} "
+            f"(output vocabulary d_vocab_out = {V}): use targets inside the output vocabulary"
+        )
+    if model.cfg.attention_dir == "bidirectional" and bool((batch.lengths < batch.tokens.shape[1]).any()):
+        lens = sorted(set(batch.lengths.tolist()))
+        raise MechheadsError(
+            f"{model.name!r} attends in both directions, so padding would change every position, but this batch "
+            f"is padded (prompt lengths {lens[:6]}{'...' if len(lens) > 6 else ''} in {batch.tokens.shape[1]} "
+            "positions). Pass prompts of equal token length (e.g. one batch per length)"
+        )
+    return batch
+
+
+def example_schedule(n_examples: int, n_updates: int, batch_size: int, seed: int, phase: str) -> torch.Tensor:
+    """Example indices for every update of a fit [n_updates, batch]: consecutive shuffled epochs,
+    seeded by ``seed`` and the fit's ``phase`` name (same seed and phase, same order)."""
+    g = torch.Generator().manual_seed(int(hashlib.sha256(f"{seed}|{phase}".encode()).hexdigest()[:12], 16))
+    need = n_updates * batch_size
+    perms = [torch.randperm(n_examples, generator=g) for _ in range(-(-need // n_examples))]
+    return torch.cat(perms)[:need].view(n_updates, batch_size)
+
+
 __all__ = [
+    "example_schedule",
+    "as_batch",
     "TokenBatch",
     "Task",
     "tokenize_pairs",

@@ -120,7 +120,48 @@ def get_metric(metric: str | Metric) -> Metric:
         )
     return METRICS[metric]
 
+def metric_values(metric_fn: Metric, logits: torch.Tensor, batch: TokenBatch, k: int) -> torch.Tensor:
+    """One metric value per copy, from logits of the batch repeated ``k`` times."""
+    B = len(batch)
+    if metric_fn in METRICS.values():
+        return metric_fn(logits, batch.repeat(k), reduce="none").view(k, B).mean(1)
+    out = []
+    for i in range(k):
+        v = metric_fn(logits[i * B : (i + 1) * B], batch)
+        if not isinstance(v, torch.Tensor) or v.numel() != 1:
+            raise MechheadsError(
+                f"the metric must return a scalar tensor, got {getattr(v, 'shape', type(v).__name__)}"
+            )
+        out.append(v.reshape(()).float())
+    return torch.stack(out)
+
+
+def orientation(metric: str | Metric, higher_is_better: bool | None) -> bool:
+    """Whether higher values of ``metric`` are better: ``higher_is_better`` if given, else the
+    built-in metric's direction (a callable needs ``higher_is_better``)."""
+    if higher_is_better is not None:
+        return higher_is_better
+    if isinstance(metric, str):
+        get_metric(metric)  # an unknown name: the error lists the valid ones
+        return HIGHER_IS_BETTER[metric]
+    raise MechheadsError("for a metric callable, say higher_is_better=True or False")
+
+
+def metric_name(metric: str | Metric) -> str:
+    """A metric's name for tables: the name itself, or a callable's ``__name__``."""
+    return metric if isinstance(metric, str) else getattr(metric, "__name__", "custom")
+
+
+def damage(values, baseline: float, higher_is_better: bool):
+    """How much worse than ``baseline`` each value is (positive = worse), in the metric's units."""
+    return (baseline - values) if higher_is_better else (values - baseline)
+
+
 __all__ = [
+    "damage",
+    "metric_name",
+    "metric_values",
+    "orientation",
     "target_logprob",
     "target_nll",
     "first_token_logprob",

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from mechheads._state import write_text
+from mechheads.statefiles import write_text
 from mechheads.tasks import generators as gen
 from mechheads.tasks.core import Task
 from mechheads.tasks.metrics import accuracy, target_nll

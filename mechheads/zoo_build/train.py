@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from mechheads._state import save_tensors, write_text
 from mechheads.arch import ReferenceTransformer
 from mechheads.errors import MechheadsError
+from mechheads.statefiles import save_tensors, write_text
 from mechheads.tasks import generators as gen
 from mechheads.tasks.words import vocabulary
 from mechheads.tokenizer import WordTokenizer

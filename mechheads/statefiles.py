@@ -213,3 +213,16 @@ def check_tensors(
             )
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise state_error(path, f"has non-finite values in tensor {name!r}")
+
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "check",
+    "check_tensors",
+    "load",
+    "save",
+    "save_tensors",
+    "state_error",
+    "write_atomic",
+    "write_text",
+]
