@@ -66,10 +66,14 @@ def _report_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", default="mechheads-report", help="output folder (default mechheads-report)")
     p.add_argument("--n", type=int, default=64, help="prompts per analysis (default 64)")
-    p.add_argument("--seeds", type=int, default=3, help="CHG seeds, fitted together (default 3)")
+    p.add_argument(
+        "--seeds", type=int, default=None, help="CHG seeds, fitted together (default 3; 10 with --full)"
+    )
     p.add_argument("--chg-updates", type=int, default=100, help="CHG updates per phase (default 100)")
     p.add_argument(
-        "--full", action="store_true", help="the CHG paper's schedule (500 updates per phase, batch 64)"
+        "--full",
+        action="store_true",
+        help="the CHG paper's schedule (500 updates per phase, batch 64, 10 seeds unless --seeds says otherwise)",
     )
     p.add_argument(
         "--sections",
@@ -90,7 +94,7 @@ def cmd_report(args) -> int:
         raise MechheadsError(f"--n must be at least 1, got {args.n}")
     cfg = ReportConfig(
         n=args.n,
-        chg_seeds=args.seeds,
+        chg_seeds=args.seeds if args.seeds is not None else (10 if args.full else ReportConfig.chg_seeds),
         chg_updates=500 if args.full else args.chg_updates,
         chg_batch=64 if args.full else ReportConfig.chg_batch,
     )
