@@ -80,11 +80,12 @@ def main():
     }
     times = {k: [] for k in sides}
     out = {}
-    for _ in range(args.repeats):  # interleaved, so drifting machine load hits every side alike
+    for r in range(args.repeats):  # interleaved, so drifting machine load hits every side alike
         for k, fn in sides.items():
             t0 = time.perf_counter()
             out[k] = fn()
             times[k].append(time.perf_counter() - t0)
+            print(f"  repeat {r + 1}: {k}: {times[k][-1]:.2f} s", flush=True)
     naive_key = next(iter(sides))
     naive = out[naive_key]
     n_heads = model.cfg.n_layers * model.cfg.n_heads
