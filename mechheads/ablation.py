@@ -505,31 +505,15 @@ def _chunk_pos_mask(batch, k, shared_pos, copy_pos):
 def evaluate_masks_naive(
     model, batch, masks, ablation, metric="nll", *, positions: Positions = None
 ) -> torch.Tensor:
-    """Reference implementation: one plain forward per mask. Slow and obviously correct."""
+    """Reference implementation: one plain forward per mask (:func:`mechheads.engine.evaluate_naive`),
+    full logits. Slow and obviously correct."""
     metric_fn = get_metric(metric)
     ablation.check_fits(model, batch)
-    out = []
-    for mask in masks.bool():
-        hooks = []
-        for layer in range(model.cfg.n_layers):
-            idx = mask[layer].nonzero().flatten().tolist()
-            if not idx:
-                continue
-
-            def fn(z, hook, layer=layer, idx=idx):
-                z = z.clone()
-                new = ablation.new_z(layer, z, 1)
-                pm = position_mask(positions, z.shape[0], z.shape[1], z.device)
-                for h in idx:
-                    z[:, :, h] = (
-                        new[:, :, h] if pm is None else torch.where(pm[..., None], new[:, :, h], z[:, :, h])
-                    )
-                return z
-
-            hooks.append((hook_z(layer), fn))
-        with torch.no_grad(), model.hooks(hooks):
-            out.append(metric_values(metric_fn, model(batch.tokens), batch, 1)[0].item())
-    return torch.tensor(out, dtype=torch.float64)
+    pm = position_mask(positions, len(batch), batch.tokens.shape[1], model.device)
+    vals = engine.evaluate_naive(
+        model, batch.tokens, masks, ablation, lambda logits, k: metric_values(metric_fn, logits, batch, k), pos_mask=pm
+    )
+    return torch.tensor([float(v) for v in vals], dtype=torch.float64)
 
 
 # ----- results -----------------------------------------------------------------------------------

@@ -268,8 +268,10 @@ def evaluate_naive(
                 z = z.clone()
                 new = values.new_z(layer, z, 1)
                 for h in idx:
-                    keep = pos_mask is not None
-                    z[:, :, h] = torch.where(pos_mask[..., None].to(z.device), new[:, :, h], z[:, :, h]) if keep else new[:, :, h]
+                    if pos_mask is None:
+                        z[:, :, h] = new[:, :, h]
+                    else:
+                        z[:, :, h] = torch.where(pos_mask[..., None].to(z.device), new[:, :, h], z[:, :, h])
                 return z
 
             hooks.append((hook_z(layer), fn))
