@@ -294,7 +294,7 @@ def test_fused_tail_edit_z_equals_a_hook_z_edit(backend, cfg, tokens):
 
 
 def test_fused_tail_declines_architectures_it_does_not_reproduce(backend):
-    """A gated MLP is outside the fused tail: fused_tail() is None (callers then use hooks)."""
+    """A gated MLP is outside the fused tail: fused_tail(model) is None (callers then use hooks)."""
     if backend == "hooked":
         from transformer_lens import HookedTransformer, HookedTransformerConfig
 
