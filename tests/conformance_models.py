@@ -10,7 +10,7 @@ fast path that ignores one of them shows. Two kinds:
 
 ``EXPECTED_PATH`` states which sweep path each model must take: ``"fused"`` (the fused tail),
 ``"prefix"`` (hook path starting at the first intervened layer) or ``"full"`` (hook path, full
-forward); the suite asserts it, so a silent change of path shows too.
+forward; a Hugging Face family outside ``FUSED_HF``); the suite asserts it, so a silent change of path shows too.
 """
 
 from __future__ import annotations
@@ -188,9 +188,13 @@ HF_NAMES = (
 )
 
 
+# Hugging Face families the fused tail covers (mechheads.engine.hf_tail); the rest take the full forward.
+FUSED_HF = ("gpt2", "gpt-neox", "llama", "mistral", "qwen2", "gemma", "gemma2")
+
+
 def expected_path(kind: str, name: str) -> str:
     if kind == "hf":
-        return "full"
+        return "fused" if name in FUSED_HF else "full"
     if name in FUSED_HT:
         return "fused"
     return "full" if name == "shortformer" else "prefix"

@@ -54,59 +54,111 @@ def _orig(module):
 
 
 @dataclass
+class Norm:
+    """One normalisation as the fused tail computes it: ``"ln"`` (LayerNorm; no weight = LNPre)
+    or ``"rms"`` (RMSNorm; ``offset`` = 1 for Gemma's ``x · (1 + w)``)."""
+
+    kind: str
+    weight: torch.Tensor | None
+    bias: torch.Tensor | None
+    eps: float
+    offset: float = 0.0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "ln":
+            return torch.nn.functional.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+        h = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.weight is not None:
+            h = h * (self.weight + self.offset if self.offset else self.weight)
+        return h if self.bias is None else h + self.bias
+
+
+def _apply(norm: Norm | None, x: torch.Tensor) -> torch.Tensor:
+    return x if norm is None else norm(x)
+
+
+@dataclass
 class _TailLayer:
-    ln1: tuple | None  # (weight or None, bias or None, eps); None = no normalisation
-    w_qkv: torch.Tensor  # [d_model, 3 * n_heads * d_head] (q | k | v columns)
-    b_qkv: torch.Tensor  # [3 * n_heads * d_head]
+    ln1: Norm | None  # None = no normalisation
+    w_qkv: torch.Tensor  # [d_model, (n_heads + 2 · n_kv_heads) · d_head] (q | k | v columns)
+    b_qkv: torch.Tensor  # [(n_heads + 2 · n_kv_heads) · d_head]
     w_o: torch.Tensor  # [n_heads * d_head, d_model]
-    b_o: torch.Tensor  # [d_model]
-    scale: float
-    ln2: tuple | None = None
+    b_o: torch.Tensor | None  # [d_model]
+    scale: float  # attention scores are divided by it
+    ln2: Norm | None = None
     w_in: torch.Tensor | None = None  # [d_model, d_mlp]; None = attention-only
     b_in: torch.Tensor | None = None
     w_out: torch.Tensor | None = None  # [d_mlp, d_model]
     b_out: torch.Tensor | None = None
+    w_gate: torch.Tensor | None = None  # [d_model, d_mlp]: gated MLP, act(x W_gate) * (x W_in)
+    b_gate: torch.Tensor | None = None
+    parallel: bool = False  # the MLP reads the block's input (GPT-NeoX, GPT-J), not x + attention
+    post_attn: Norm | None = None  # Gemma 2: normalises the attention output before the residual
+    post_mlp: Norm | None = None
+    window: int | None = None  # sliding window: a query attends to keys less than this far back
 
 
 class FusedTail:
     """Blocks ``layer .. L-1`` and the unembedding, computed directly from the model's weights.
 
-    The sweep engine's fast path (:func:`mechheads.ablation.evaluate_masks`): for many ablated
+    The sweep engine's fast path (:func:`mechheads.engine.evaluate`): for many ablated
     copies of a batch it recomputes only what an exact ablation result needs. It starts from the
     clean ``hook_resid_pre`` and ``hook_z`` of the first ablated layer (so that layer's attention
     is not recomputed: only its output projection of the edited ``z``), and, when only some
     positions are read, runs the last layer's queries, output projection and MLP at those
     positions alone (keys and values still cover every position) and, for causal attention,
     drops positions after the last one read. Same arithmetic as the backend's forward, in fused
-    kernels (``F.layer_norm``, one QKV matmul, ``F.gelu``); results agree to float32 rounding.
+    kernels (one QKV matmul, ``F.layer_norm``); results agree to float32 rounding.
+
+    Covers LayerNorm and RMSNorm (Gemma's ``1 + w`` too), learned, rotary (full, partial,
+    adjacent or half-split pairs) positions, grouped-query attention, plain, gated and parallel
+    MLPs, Gemma 2's extra norms, attention and logit soft caps and sliding windows: the
+    ``HookedTransformer`` subset it is built for, the zoo's native bridge models and Hugging Face
+    GPT-2, GPT-NeoX/Pythia, Llama, Mistral, Qwen2, Gemma and Gemma 2 under ``TransformerBridge``
+    (:mod:`mechheads.engine.hf_tail`).
 
     No hook point fires inside it: ``edit_z(layer, z, positions)`` is the only intervention, so
     callers use it only when no other hooks are attached (``HeadModel.n_attached_hooks() == 0``).
-    Built by :func:`fused_tail`, which returns None for architectures it does not cover
-    (grouped-query attention, gated or MoE MLPs, RMSNorm, parallel blocks, soft caps, ...).
+    Built by :func:`fused_tail`, which returns None for architectures it does not cover.
     """
 
-    def __init__(self, layers, final_ln, w_u, b_u, rotary, causal: bool, n_heads: int, d_head: int):
+    def __init__(
+        self,
+        layers,
+        final_ln,
+        w_u,
+        b_u,
+        rotary,
+        causal: bool,
+        n_heads: int,
+        d_head: int,
+        *,
+        n_kv_heads: int | None = None,
+        act: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        attn_softcap: float | None = None,
+        logit_softcap: float | None = None,
+        rope_tables: Callable[[int], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ):
         self.layers: list[_TailLayer] = layers
-        self.final_ln = final_ln
+        self.final_ln: Norm | None = final_ln
         self.w_u, self.b_u = w_u, b_u  # [d_model, vocab], [vocab] or None
-        self.rotary = rotary  # None or (cos [n_ctx, rd], sin [n_ctx, rd], adjacent_pairs)
+        self.rotary = rotary  # None or (cos [n, rd], sin [n, rd], adjacent_pairs)
+        self.rope_tables = rope_tables  # n -> (cos, sin) for positions 0..n-1, to grow the tables
         self.causal = causal
         self.n_heads, self.d_head = n_heads, d_head
-        self.act: Callable[[torch.Tensor], torch.Tensor] = torch.nn.functional.relu
-
-    @staticmethod
-    def _norm(x: torch.Tensor, ln) -> torch.Tensor:
-        if ln is None:
-            return x
-        w, b, eps = ln
-        return torch.nn.functional.layer_norm(x, x.shape[-1:], w, b, eps)
+        self.n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        self.act: Callable[[torch.Tensor], torch.Tensor] = act or torch.nn.functional.relu
+        self.attn_softcap, self.logit_softcap = attn_softcap, logit_softcap
 
     def _rope(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """Rotary embedding of x [N, q, head, d_head] at absolute positions ``pos`` [q]."""
         cos, sin, adjacent = self.rotary
+        need = int(pos.max()) + 1 if len(pos) else 0
+        if need > cos.shape[0] and self.rope_tables is not None:
+            cos, sin = self.rope_tables(max(need, 2 * cos.shape[0]))
+            self.rotary = (cos, sin, adjacent)
         rd = cos.shape[-1]
-        c, s = cos[pos][:, None, :], sin[pos][:, None, :]
+        c, s = cos[pos][:, None, :].to(x.dtype), sin[pos][:, None, :].to(x.dtype)
         xr, xp = x[..., :rd], x[..., rd:]
         if adjacent:
             rot = torch.stack((-xr[..., 1::2], xr[..., 0::2]), -1).flatten(-2)
@@ -114,6 +166,20 @@ class FusedTail:
             rot = torch.cat((-xr[..., rd // 2 :], xr[..., : rd // 2]), -1)
         out = xr * c + rot * s
         return torch.cat((out, xp), -1) if xp.shape[-1] else out
+
+    def _keys_values(self, layer: _TailLayer, h: torch.Tensor, pos: torch.Tensor):
+        """Rotated keys and values [N, T, head, d_head] of the normalised input ``h`` at
+        positions ``pos`` (grouped-query heads repeated to one per query head)."""
+        N, T, _ = h.shape
+        qd, kvh, dh = self.n_heads * self.d_head, self.n_kv_heads, self.d_head
+        kv = torch.nn.functional.linear(h, layer.w_qkv[:, qd:].T, layer.b_qkv[qd:])
+        k, v = kv.view(N, T, 2, kvh, dh).unbind(2)
+        if self.rotary is not None:
+            k = self._rope(k, pos)
+        if kvh != self.n_heads:
+            rep = self.n_heads // kvh
+            k, v = k.repeat_interleave(rep, 2), v.repeat_interleave(rep, 2)
+        return k, v
 
     def _attention(
         self,
@@ -129,32 +195,32 @@ class FusedTail:
         d_head], shared by the N = copies × B rows, copy-major) and are not recomputed."""
         N, Th, _ = h.shape
         H, dh = self.n_heads, self.d_head
-        hd = H * dh
+        qd = H * dh
         own = torch.arange(offset, offset + Th, device=h.device)
-        if q_pos is None:
-            qkv = torch.nn.functional.linear(h, layer.w_qkv.T, layer.b_qkv)
-            q, k, v = qkv.view(N, Th, 3, H, dh).unbind(2)
-            qp = own
-        else:
-            kv = torch.nn.functional.linear(h, layer.w_qkv[:, hd:].T, layer.b_qkv[hd:])
-            k, v = kv.view(N, Th, 2, H, dh).unbind(2)
-            q = torch.nn.functional.linear(h[:, q_pos - offset], layer.w_qkv[:, :hd].T, layer.b_qkv[:hd])
-            q = q.view(N, len(q_pos), H, dh)
-            qp = q_pos
+        qp = own if q_pos is None else q_pos
+        hq = h if q_pos is None else h[:, q_pos - offset]
+        q = torch.nn.functional.linear(hq, layer.w_qkv[:, :qd].T, layer.b_qkv[:qd]).view(N, len(qp), H, dh)
         if self.rotary is not None:
-            q, k = self._rope(q, qp), self._rope(k, own)
+            q = self._rope(q, qp)
+        k, v = self._keys_values(layer, h, own)
         qh = q.transpose(1, 2)  # [N, H, q, dh]
-        scores = torch.matmul(qh, k.permute(0, 2, 3, 1)) / layer.scale  # [N, H, q, Th]
+        scores = torch.matmul(qh, k.permute(0, 2, 3, 1))  # [N, H, q, Th]
         keys = own
         if offset:
             kp, vp = (t[:, :offset].transpose(1, 2) for t in prefix)  # [B, H, offset, dh]
             B = kp.shape[0]
             qc = qh.reshape(N // B, B, H, -1, dh)
-            before = torch.matmul(qc, kp.transpose(-1, -2)[None]).reshape(N, H, -1, offset) / layer.scale
+            before = torch.matmul(qc, kp.transpose(-1, -2)[None]).reshape(N, H, -1, offset)
             scores = torch.cat([before, scores], -1)
             keys = torch.arange(offset + Th, device=h.device)
+        scores = scores / layer.scale
+        if self.attn_softcap:
+            scores = torch.tanh(scores / self.attn_softcap) * self.attn_softcap
         if self.causal:
-            scores = scores.masked_fill(keys[None, :] > qp[:, None], float("-inf"))
+            hidden = keys[None, :] > qp[:, None]
+            if layer.window is not None:
+                hidden = hidden | (qp[:, None] - keys[None, :] >= layer.window)
+            scores = scores.masked_fill(hidden, float("-inf"))
         pattern = scores.softmax(-1)
         out = torch.matmul(pattern[..., offset:], v.transpose(1, 2))  # [N, H, q, dh]
         if offset:
@@ -162,21 +228,23 @@ class FusedTail:
             out = out + torch.matmul(pc, vp[None]).reshape(N, H, -1, dh)
         return out.transpose(1, 2)  # [N, q, H, dh]
 
+    def _mlp(self, layer: _TailLayer, h: torch.Tensor) -> torch.Tensor:
+        pre = torch.nn.functional.linear(h, layer.w_in.T, layer.b_in)
+        if layer.w_gate is not None:
+            hidden = self.act(torch.nn.functional.linear(h, layer.w_gate.T, layer.b_gate)) * pre
+        else:
+            hidden = self.act(pre)
+        return _apply(layer.post_mlp, torch.nn.functional.linear(hidden, layer.w_out.T, layer.b_out))
+
     def clean_keys_values(
         self, resid_pre: dict[int, torch.Tensor]
     ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
         """Per layer: the (rotated) keys and values [B, pos, head, d_head] of the clean run, from
         its ``hook_resid_pre`` of that layer, with the same kernels :meth:`run` uses."""
-        H, dh = self.n_heads, self.d_head
         out = {}
         for li, r in resid_pre.items():
             p = self.layers[li]
-            B, T, _ = r.shape
-            kv = torch.nn.functional.linear(self._norm(r, p.ln1), p.w_qkv[:, H * dh :].T, p.b_qkv[H * dh :])
-            k, v = kv.view(B, T, 2, H, dh).unbind(2)
-            if self.rotary is not None:
-                k = self._rope(k, torch.arange(T, device=r.device))
-            out[li] = (k, v)
+            out[li] = self._keys_values(p, _apply(p.ln1, r), torch.arange(r.shape[1], device=r.device))
         return out
 
     def run(
@@ -225,17 +293,25 @@ class FusedTail:
                 zl = z if read is None else z[:, read - from_pos]
             else:
                 prefix = clean_kv[li] if from_pos else None
-                zl = self._attention(p, self._norm(x, p.ln1), read, from_pos, prefix)
+                zl = self._attention(p, _apply(p.ln1, x), read, from_pos, prefix)
             if read is not None:
                 x = x[:, read - from_pos]
             if edit_z is not None:
                 zl = edit_z(li, zl, read if read is not None else span)
-            x = x + torch.nn.functional.linear(zl.flatten(-2), p.w_o.T, p.b_o)
-            if p.w_in is not None:
-                hidden = self.act(torch.nn.functional.linear(self._norm(x, p.ln2), p.w_in.T, p.b_in))
-                x = x + torch.nn.functional.linear(hidden, p.w_out.T, p.b_out)
-        out = self._norm(x, self.final_ln) @ self.w_u
-        return out if self.b_u is None else out + self.b_u
+            attn = _apply(p.post_attn, torch.nn.functional.linear(zl.flatten(-2), p.w_o.T, p.b_o))
+            if p.w_in is None:
+                x = x + attn
+            elif p.parallel:
+                x = x + attn + self._mlp(p, _apply(p.ln2, x))
+            else:
+                x = x + attn
+                x = x + self._mlp(p, _apply(p.ln2, x))
+        out = _apply(self.final_ln, x) @ self.w_u
+        if self.b_u is not None:
+            out = out + self.b_u
+        if self.logit_softcap:
+            out = torch.tanh(out / self.logit_softcap) * self.logit_softcap
+        return out
 
     @torch.no_grad()
     def agrees_with(self, model: HeadModel, tol: float = 1e-5) -> bool:
@@ -258,6 +334,11 @@ class FusedTail:
     # ----- construction from a backend ---------------------------------------------------------
     @classmethod
     def from_model(cls, model: HeadModel) -> FusedTail | None:
+        if model.backend == "bridge":
+            from mechheads.engine.hf_tail import is_hf_bridge, tail_from_hf
+
+            if is_hf_bridge(model):
+                return tail_from_hf(cls, model)
         c = model.tl.cfg
         for flag in _UNSUPPORTED_FLAGS:
             if getattr(c, flag, None):
@@ -291,9 +372,9 @@ class FusedTail:
         def ln(mod):
             name = type(mod).__name__
             if name == "LayerNorm":
-                return (mod.w, mod.b, float(mod.eps))
+                return Norm("ln", mod.w, mod.b, float(mod.eps))
             if name == "LayerNormPre":
-                return (None, None, float(mod.eps))
+                return Norm("ln", None, None, float(mod.eps))
             if isinstance(mod, torch.nn.Identity):
                 return None
             raise TypeError(name)
@@ -347,9 +428,9 @@ class FusedTail:
             mod = _orig(mod)
             name = type(mod).__name__
             if isinstance(mod, torch.nn.LayerNorm):
-                return (mod.weight, mod.bias, float(mod.eps))
+                return Norm("ln", mod.weight, mod.bias, float(mod.eps))
             if name == "NativeLayerNormPre":
-                return (None, None, float(mod.eps))
+                return Norm("ln", None, None, float(mod.eps))
             if isinstance(mod, torch.nn.Identity):
                 return None
             raise TypeError(name)
