@@ -189,7 +189,7 @@ HF_NAMES = (
 
 
 # Hugging Face families the fused tail covers (mechheads.engine.hf_tail); the rest take the full forward.
-FUSED_HF = ("gpt2", "gpt-neox", "llama", "mistral", "qwen2", "gemma", "gemma2")
+FUSED_HF = ("gpt2", "gpt-j", "gpt-neox", "llama", "mistral", "qwen2", "gemma", "gemma2", "phi")
 
 
 def expected_path(kind: str, name: str) -> str:

@@ -5,7 +5,8 @@ bridge whose blocks are the Hugging Face modules. This module reads those module
 :class:`~mechheads.engine.fused.FusedTail`, so sweeps and patching on them get the same prefix
 reuse, read-position tail and KV reuse as ``HookedTransformer``. Families covered (by their
 ``config.model_type``): GPT-2; GPT-NeoX / Pythia (fused per-head QKV, partial rotary, parallel
-residual); Llama, Mistral, Qwen2 (RMSNorm, gated SiLU MLP, grouped-query attention, rotary,
+residual); GPT-J and Phi (one norm feeding parallel attention and MLP, partial rotary in adjacent
+pairs or split halves); Llama, Mistral, Qwen2 (RMSNorm, gated SiLU MLP, grouped-query attention, rotary,
 sliding windows, QKV biases); Gemma (RMSNorm ``1 + w``, GeGLU) and Gemma 2 (pre and post norms,
 attention and final-logit soft caps, alternating sliding windows).
 
@@ -98,6 +99,8 @@ def tail_from_hf(cls, model: HeadModel):
             return _gpt_neox(cls, hf)
         if kind in _LLAMA_LIKE:
             return _llama_like(cls, hf, kind)
+        if kind in ("gptj", "phi"):
+            return _parallel_one_norm(cls, hf, kind)
     except (AttributeError, TypeError, ValueError, KeyError):
         return None
     return None
@@ -275,6 +278,67 @@ def _llama_like(cls, hf, kind: str):
         attn_softcap=None if softcap is None else float(softcap),
         logit_softcap=getattr(c, "final_logit_softcapping", None),
         rope_tables=tables,
+    )
+
+
+def _parallel_one_norm(cls, hf, kind: str):
+    """GPT-J and Phi: one LayerNorm feeds attention and MLP in parallel; partial rotary."""
+    from mechheads.engine.fused import _TailLayer
+
+    c = hf.config
+    if kind == "phi" and getattr(c, "qk_layernorm", False):
+        return None
+    base = hf.transformer if kind == "gptj" else hf.model
+    blocks = base.h if kind == "gptj" else base.layers
+    H = c.n_head if kind == "gptj" else c.num_attention_heads
+    layers = []
+    for blk in blocks:
+        blk = _orig(blk)
+        a = _orig(blk.attn if kind == "gptj" else blk.self_attn)
+        mlp = _orig(blk.mlp)
+        dh = int(a.head_dim)
+        (wq, bq), (wk, bk), (wv, bv) = _linear(a.q_proj), _linear(a.k_proj), _linear(a.v_proj)
+        w_o, b_o = _linear(a.out_proj if kind == "gptj" else a.dense)
+        (w_in, b_in), (w_out, b_out) = (
+            (_linear(mlp.fc_in), _linear(mlp.fc_out)) if kind == "gptj" else (_linear(mlp.fc1), _linear(mlp.fc2))
+        )
+        ln = _ln(blk.ln_1 if kind == "gptj" else blk.input_layernorm)
+        layers.append(
+            _TailLayer(
+                ln1=ln,
+                w_qkv=torch.cat([wq, wk, wv], 1),
+                b_qkv=torch.cat([_zeros_if_none(b, w.shape[1], w) for w, b in ((wq, bq), (wk, bk), (wv, bv))]),
+                w_o=w_o,
+                b_o=b_o,
+                scale=1.0 / float(a.scaling),
+                ln2=ln,
+                w_in=w_in,
+                b_in=b_in,
+                w_out=w_out,
+                b_out=b_out,
+                parallel=True,
+            )
+        )
+    rot = base.rotary_emb
+    like = layers[0].w_o
+    if kind == "gptj":
+        table = rot.embed_positions  # [max_positions, rotary_dim]: sin | cos halves
+
+        def tables(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+            sin, cos = table[:n].to(like.dtype).chunk(2, -1)
+            return cos.repeat_interleave(2, -1), sin.repeat_interleave(2, -1)
+
+        adjacent = True
+    else:
+        tables, adjacent = _rope_tables(rot, like), False
+        if tables is None:
+            return None
+    cos, sin = tables(min(int(c.max_position_embeddings if kind == "phi" else c.n_positions), 64))
+    act = _act(mlp.act if kind == "gptj" else mlp.activation_fn)
+    w_u, b_u = _linear(hf.get_output_embeddings())
+    final = _ln(base.ln_f if kind == "gptj" else base.final_layernorm)
+    return cls(
+        layers, final, w_u, b_u, (cos, sin, adjacent), True, H, int(a.head_dim), act=act, rope_tables=tables
     )
 
 
