@@ -40,6 +40,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import inspect
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,7 @@ from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from mechheads import statefiles
+from mechheads.engine.gated import GatedForward
 from mechheads.errors import MechheadsError
 from mechheads.hooks import gate_heads
 from mechheads.model import HeadModel, hook_z
@@ -139,7 +141,12 @@ class CHGConfig:
 class Objective(Protocol):
     """The task term of a gate fit. Called with gate hooks attached for K gate sets (rows of the
     forward are copy-major: row = k · B + b) and the example indices of this update; returns the
-    term to minimise for each gate set, shape [K]."""
+    term to minimise for each gate set, shape [K]. The built-in objectives (:class:`TaskLoss`,
+    :class:`ContrastiveLoss`) also accept ``forward=``, a function ``(tokens, positions) -> logits``
+    that already applies the gates (None: the model's own forward, under the gate hooks); the
+    fitter passes one (the engine's fused gated forward, :class:`mechheads.engine.GatedForward`)
+    instead of attaching hooks where the fused tail covers the model. A wrapper objective that
+    accepts ``forward`` must pass it on."""
 
     def __len__(self) -> int: ...
 
@@ -165,6 +172,24 @@ def _as_batch(model: HeadModel, data: Task | TokenBatch, what: str) -> TokenBatc
             "CHG's loss reads target tokens only, so every example needs a non-empty target"
         )
     return batch
+
+
+# forward(tokens, positions or None) -> logits (at those positions): how an objective runs the model.
+Forward = Callable[..., torch.Tensor]
+
+
+def _plain_forward(model: HeadModel) -> Forward:
+    return lambda tokens, pos: model.forward_from(tokens, 0, None, pos)
+
+
+def _takes_forward(objective) -> bool:
+    """Whether ``objective(idx, n_copies, forward=...)`` is accepted (the built-in objectives and
+    wrappers that pass ``forward`` on)."""
+    try:
+        params = inspect.signature(objective.__call__).parameters
+    except (TypeError, ValueError):
+        return False
+    return "forward" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 class TaskLoss:
@@ -193,16 +218,16 @@ class TaskLoss:
     def __len__(self) -> int:
         return len(self.batch)
 
-    def per_example(self, idx: torch.Tensor, n_copies: int) -> torch.Tensor:
+    def per_example(self, idx: torch.Tensor, n_copies: int, forward: Forward | None = None) -> torch.Tensor:
         sub = self.batch.index(idx)
         rep = sub.repeat(n_copies)
+        forward = forward or _plain_forward(self.model)
         if self.fn in METRICS.values():
             # built-in metrics read target and answer positions only: unembed just those
             pos = sub.needed_positions()
-            logits = self.model.forward_from(rep.tokens, 0, None, pos)
-            vals = self.fn(logits, rep.select_positions(pos), reduce="none")
+            vals = self.fn(forward(rep.tokens, pos), rep.select_positions(pos), reduce="none")
         else:
-            vals = self.fn(self.model(rep.tokens), rep)
+            vals = self.fn(forward(rep.tokens, None), rep)
         if not isinstance(vals, torch.Tensor) or vals.shape != (len(rep),):
             raise MechheadsError(
                 f"loss {self.name!r} must return one value per example, shape [{len(rep)}], "
@@ -210,8 +235,8 @@ class TaskLoss:
             )
         return self.sign * vals.view(n_copies, len(sub))
 
-    def __call__(self, idx: torch.Tensor, n_copies: int) -> torch.Tensor:
-        return self.per_example(idx, n_copies).mean(1)
+    def __call__(self, idx: torch.Tensor, n_copies: int, forward: Forward | None = None) -> torch.Tensor:
+        return self.per_example(idx, n_copies, forward).mean(1)
 
     def fingerprint(self) -> str:
         return f"task:{self.name}:{_hash_tensors(self.batch.tokens, self.batch.target_mask)}"
@@ -277,14 +302,15 @@ class ContrastiveLoss:
     def __len__(self) -> int:
         return len(self.retain)
 
-    def _logp(self, batch: TokenBatch, idx: torch.Tensor, k: int) -> torch.Tensor:
+    def _logp(self, batch: TokenBatch, idx: torch.Tensor, k: int, forward: Forward) -> torch.Tensor:
         rep = batch.index(idx).repeat(k)
         n_tokens = rep.target_mask.sum(-1).clamp(min=1)
-        return (target_logprob(self.model(rep.tokens), rep, reduce="none") / n_tokens).view(k, len(idx))
+        return (target_logprob(forward(rep.tokens, None), rep, reduce="none") / n_tokens).view(k, len(idx))
 
-    def __call__(self, idx: torch.Tensor, n_copies: int) -> torch.Tensor:
-        lr = self._logp(self.retain, idx, n_copies)
-        lf = self._logp(self.forget, idx, n_copies)
+    def __call__(self, idx: torch.Tensor, n_copies: int, forward: Forward | None = None) -> torch.Tensor:
+        forward = forward or _plain_forward(self.model)
+        lr = self._logp(self.retain, idx, n_copies, forward)
+        lf = self._logp(self.forget, idx, n_copies, forward)
         return -lr.mean(1) + (lf - lr.detach()).clamp(min=-self.diff_clip).mean(1)
 
     def fingerprint(self) -> str:
@@ -424,6 +450,10 @@ def fit_phase(
 
     was_training = [p.requires_grad for p in model.parameters()]
     model.requires_grad_(False)
+    # Built-in objectives take a ``forward``; through it the gated forward may use the engine's
+    # fused tail (GatedForward declines it where the tail does not cover the model).
+    gated = GatedForward(model) if _takes_forward(objective) else None
+    fast = gated is not None and gated.path == "fused"
     bar = tqdm(
         range(start, n_updates),
         desc=f"CHG {phase}",
@@ -439,8 +469,11 @@ def fit_phase(
                 grp["lr"] = lr[0] + (lr[1] - lr[0]) * frac
             idx = schedule[t]
             gates = torch.sigmoid(param).repeat_interleave(len(idx), dim=0)  # copy-major rows
-            with gate_heads(model, gates):
-                task = objective(idx, K)
+            if fast:  # the fused gated forward (same values and gradients as the hooks)
+                task = objective(idx, K, forward=lambda tokens, pos, g=gates: gated(tokens, g, pos))
+            else:
+                with gate_heads(model, gates):
+                    task = objective(idx, K)
             if task.shape != (K,):
                 raise MechheadsError(
                     f"the objective must return one value per gate set, shape [{K}], got {tuple(task.shape)}"
@@ -877,13 +910,13 @@ def evaluate_gates(
     fn = get_metric(metric)
     B = len(batch)
     per = max(1, max_rows // B)
+    gated = GatedForward(model)
     out = []
     with torch.no_grad():
         for s in range(0, len(gates), per):
             g = gates[s : s + per].to(model.device)
             k = len(g)
-            with gate_heads(model, g.repeat_interleave(B, dim=0)):
-                logits = model(batch.tokens.repeat(k, 1))
+            logits = gated(batch.tokens.repeat(k, 1), g.repeat_interleave(B, dim=0))
             out.append(metric_values(fn, logits, batch, k).float().cpu())
     return torch.cat(out)
 

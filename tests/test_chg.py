@@ -162,11 +162,11 @@ class Flaky:
     def fingerprint(self):
         return self.inner.fingerprint()
 
-    def __call__(self, idx, k):
+    def __call__(self, idx, k, forward=None):
         self.calls += 1
         if self.calls == self.fail_at:
             raise Interrupt
-        out = self.inner(idx, k)
+        out = self.inner(idx, k, forward=forward)
         return out * float("nan") if self.calls == self.nan_at else out
 
 

@@ -101,3 +101,65 @@ def test_evaluate_equals_evaluate_naive_for_any_score(backend):
         evaluate(model, batch.tokens, masks[:, :1], Ablation.zero(), score)
     with pytest.raises(MechheadsError, match="max_rows"):
         evaluate(model, batch.tokens, masks, Ablation.zero(), score, max_rows=0)
+
+
+def _gated_pair(model, tokens, gates, positions):
+    """(fused, hooks) logits and gate gradients of a scalar read of them."""
+    from mechheads.engine import GatedForward
+
+    out = []
+    for fused in (True, False):
+        g = gates.clone().requires_grad_(True)
+        gf = GatedForward(model, fused=fused)
+        assert gf.path == ("fused" if fused else "hooks")
+        logits = gf(tokens, g, positions)
+        (logits.log_softmax(-1)[..., 3].sum() + logits[..., 5].pow(2).mean()).backward()
+        out.append((logits.detach(), g.grad))
+    return out
+
+
+@pytest.mark.parametrize("cfg", [TINY, TINY_ROT], ids=["learned", "rotary"])
+def test_gated_forward_equals_gate_hooks_in_values_and_gradients(backend, cfg):
+    model = build_model(cfg, perturbed_state(cfg), backend=backend)
+    tokens = _batch().tokens.repeat(2, 1)  # 2 gate sets x 3 examples, copy-major
+    L, H = cfg.n_layers, cfg.n_heads
+    gates = torch.rand(2, L, H, generator=torch.Generator().manual_seed(3)).repeat_interleave(3, 0)
+    for positions in (None, torch.tensor([4, 11])):
+        (lf, gf), (lh, gh) = _gated_pair(model, tokens, gates, positions)
+        assert lf.shape == lh.shape
+        assert (lf - lh).abs().max().item() < 1e-5
+        assert (gf - gh).abs().max().item() < 1e-5 * max(1.0, gh.abs().max().item())
+        assert gh.abs().max().item() > 0
+
+
+def test_gated_forward_on_a_bridged_hugging_face_llama():
+    pytest.importorskip("transformers")
+    from conformance_models import build
+
+    model = build("hf", "llama")
+    tokens = torch.randint(1, 40, (4, 10), generator=torch.Generator().manual_seed(0))
+    gates = torch.rand(4, model.cfg.n_layers, model.cfg.n_heads, generator=torch.Generator().manual_seed(1))
+    (lf, gf), (lh, gh) = _gated_pair(model, tokens, gates, torch.tensor([9]))
+    assert (lf - lh).abs().max().item() < 1e-5
+    assert (gf - gh).abs().max().item() < 1e-5 * max(1.0, gh.abs().max().item())
+
+
+def test_chg_fit_takes_the_fused_gated_forward_and_equals_the_hook_fit(backend, monkeypatch):
+    from mechheads import chg
+    from mechheads.engine import gated
+
+    model = build_model(TINY, perturbed_state(TINY), backend=backend)
+    data = _batch(5, B=8)
+    cfg = chg.CHGConfig(n_updates=6, batch_size=4)
+    runs = []
+    orig_run = FusedTail.run
+    monkeypatch.setattr(FusedTail, "run", lambda self, *a, **k: runs.append(torch.is_grad_enabled()) or orig_run(self, *a, **k))
+    fast = chg.fit(model, data, config=cfg, seeds=[0, 1], progress=False)
+    assert sum(runs) >= 3 * 6  # every update of the three phases went through the fused tail (with grad)
+    runs.clear()
+    monkeypatch.setattr(gated.GatedForward, "path", property(lambda self: "hooks"))
+    slow = chg.fit(model, data, config=cfg, seeds=[0, 1], progress=False)
+    assert not any(runs)  # only the tails' no-grad self-checks ran
+    for phase in ("g_plus", "g_minus", "g_zero"):
+        a, b = getattr(fast, phase), getattr(slow, phase)
+        assert (a - b).abs().max().item() < 1e-4, phase

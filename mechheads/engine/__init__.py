@@ -5,7 +5,8 @@
   one-forward-per-mask reference.
 * :func:`masked_hooks` / :func:`masked_edits` — the ``hook_z`` edits a chunk of masks applies.
 * :func:`fused_tail` / :class:`FusedTail` — the fused fast path, declined where it cannot prove
-  it reproduces the model.
+  it reproduces the model (:mod:`mechheads.engine.hf_tail` builds it over Hugging Face models).
+* :class:`GatedForward` — logits under per-row head gates, differentiable in the gates (CHG).
 
 Ablation sweeps (:mod:`mechheads.ablation`), patching (:mod:`mechheads.patching`), the pruning
 evaluations and the ViT's ablated predictions all run through :func:`evaluate`, so each fast path
@@ -23,9 +24,11 @@ from mechheads.engine.core import (
     masked_hooks,
 )
 from mechheads.engine.fused import FusedTail, fused_tail
+from mechheads.engine.gated import GatedForward
 
 __all__ = [
     "FusedTail",
+    "GatedForward",
     "PositionMasks",
     "Score",
     "Values",
