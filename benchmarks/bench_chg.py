@@ -7,9 +7,9 @@
 2. 8 seeds fitted together (8 gate sets × B examples per forward) against 8 sequential fits of
    the same seeds and data order. Target: ≥ 2× throughput. Also prints the max gate difference.
 
-``--model`` is a zoo name, or ``hf-gpt2`` (a Hugging Face GPT2LMHeadModel at GPT-2-small shape) or
-``hf-llama`` (a LlamaForCausalLM, 2 layers x 4 heads, d_model 64) with random weights under
-``TransformerBridge``, on random 32-token sequences whose last token is the target.
+``--model`` is a zoo name, or one of ``benchmarks/hf_models.py``'s Hugging Face models under
+``TransformerBridge`` (``hf-gpt2``, ``hf-llama``, ``hf-llama-tiny``), on random 32-token sequences
+whose last token is the target.
 
 Usage: python benchmarks/bench_chg.py [--model tasks-4l] [--updates 20] [--repeats 3] [--threads 2]
 """
@@ -43,7 +43,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.model.startswith("hf-"):
-        model = _hf_model(args.model)
+        from hf_models import bridged
+
+        model = bridged(args.model)
         tokens = torch.randint(0, 1000, (256, 32), generator=torch.Generator().manual_seed(1))
         task = TokenBatch.from_tokens(tokens, 1)
     else:
@@ -136,35 +138,6 @@ def _hooks_only():
         yield
     finally:
         GatedForward.path = saved
-
-
-def _hf_model(name: str):
-    import transformers as T
-    from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
-
-    import mechheads
-
-    if name == "hf-gpt2":
-        arch, cfg = "GPT2LMHeadModel", T.GPT2Config(n_layer=12, n_head=12, n_embd=768, n_positions=64)
-    elif name == "hf-llama":
-        arch = "LlamaForCausalLM"
-        cfg = T.LlamaConfig(
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=4,
-            hidden_size=64,
-            intermediate_size=128,
-            vocab_size=1000,
-            max_position_embeddings=64,
-        )
-    else:
-        raise SystemExit(f"unknown model {name!r}: a zoo name, hf-gpt2 or hf-llama")
-    cfg._attn_implementation = "eager"
-    torch.manual_seed(0)
-    hf = getattr(T, arch)(cfg).eval()
-    tl = build_bridge_from_module(hf, arch, hf_config=cfg, model_name=name)
-    tl.eval()
-    return mechheads.wrap(tl, name=name)
 
 
 if __name__ == "__main__":

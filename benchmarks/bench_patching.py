@@ -9,7 +9,7 @@ values, for the default row cap (all heads of a layer in one forward) and for on
 (prefix reuse and answer-position unembedding only: on a small CPU model, larger batches are slower
 per row, so this can be the faster setting).
 
-    python benchmarks/bench_patching.py [--model tasks-4l|gpt2-shaped|gpt2-mean] [--backend hooked|bridge] [--repeats 3]
+    python benchmarks/bench_patching.py [--model tasks-4l|gpt2-shaped|gpt2-mean|hf-gpt2-mean] [--backend hooked|bridge] [--repeats 3]
 
 ``tasks-4l``: the zoo model, country-capital, 25 solved trials (16 heads, 97-token prompts).
 ``gpt2-shaped``: random weights of GPT-2-small's shape (144 heads), 8 random 32-token prompts
@@ -17,6 +17,8 @@ patched from 8 others, P(last token) — the size of TransformerLens's patching 
 ``gpt2-mean``: the same model, every head's mean ``z`` (at the last token of 8 other prompts)
 patched into the last position of 8 random 100-token prompts, P(last token): Todd et al.'s AIE
 setting, where the engine's KV reuse computes only the last position after the patched layer.
+``hf-gpt2-mean``: the same on a Hugging Face ``GPT2LMHeadModel`` of that shape under
+``TransformerBridge`` (``benchmarks/hf_models.py``), as TransformerLens 4.x users load GPT-2.
 """
 
 from __future__ import annotations
@@ -45,11 +47,16 @@ def setup(args):
 
     T = 32 if args.model == "gpt2-shaped" else 100
     cfg = ArchConfig(n_layers=12, n_heads=12, d_model=768, d_head=64, d_mlp=3072, d_vocab=50257, n_ctx=128)
-    model = build_model(cfg, backend=args.backend, seed=0)
+    if args.model == "hf-gpt2-mean":
+        from hf_models import bridged
+
+        model = bridged("hf-gpt2", n_ctx=128)
+    else:
+        model = build_model(cfg, backend=args.backend, seed=0)
     g = torch.Generator().manual_seed(1)
     dest = TokenBatch.from_tokens(torch.randint(0, cfg.d_vocab, (8, T), generator=g), 1)
     src = torch.randint(0, cfg.d_vocab, (8, T), generator=g)
-    if args.model == "gpt2-mean":  # Todd et al.'s setting: each head's mean z at the last token
+    if args.model in ("gpt2-mean", "hf-gpt2-mean"):  # Todd et al.'s setting: each head's mean z at the last token
         from mechheads.patching import mean_activations
 
         return model, dest, mean_activations(model, TokenBatch.from_tokens(src, 1), "last")
@@ -58,7 +65,7 @@ def setup(args):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="tasks-4l", choices=["tasks-4l", "gpt2-shaped", "gpt2-mean"])
+    ap.add_argument("--model", default="tasks-4l", choices=["tasks-4l", "gpt2-shaped", "gpt2-mean", "hf-gpt2-mean"])
     ap.add_argument("--backend", default=None)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)

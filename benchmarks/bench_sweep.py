@@ -36,35 +36,6 @@ import torch
 GPT2_SMALL = dict(n_layers=12, n_heads=12, d_model=768, d_head=64, d_mlp=3072, d_vocab=50257, n_ctx=64)
 
 
-LLAMA_SHAPE = dict(
-    num_hidden_layers=16,
-    hidden_size=1024,
-    num_attention_heads=16,
-    num_key_value_heads=4,
-    intermediate_size=2816,
-    vocab_size=32000,
-    max_position_embeddings=256,
-)
-
-
-def _hf_model(source: str):
-    import transformers as T
-    from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
-
-    import mechheads
-
-    if source == "hf-gpt2":
-        arch, cfg = "GPT2LMHeadModel", T.GPT2Config(n_layer=12, n_head=12, n_embd=768, n_positions=64)
-    else:
-        arch, cfg = "LlamaForCausalLM", T.LlamaConfig(**LLAMA_SHAPE)
-    cfg._attn_implementation = "eager"
-    torch.manual_seed(0)
-    hf = getattr(T, arch)(cfg).eval()
-    tl = build_bridge_from_module(hf, arch, hf_config=cfg, model_name=source)
-    tl.eval()
-    return mechheads.wrap(tl, name=source)
-
-
 def setup(args):
     from mechheads import ArchConfig, build_model
     from mechheads.tasks.core import TokenBatch
@@ -73,7 +44,9 @@ def setup(args):
     if args.source == "native":
         model = build_model(ArchConfig(**GPT2_SMALL), backend=args.backend, seed=0)
     else:
-        model = _hf_model(args.source)
+        from hf_models import bridged
+
+        model = bridged(args.source)
     tokens = torch.randint(
         0, min(model.cfg.d_vocab, 32000), (args.batch, args.seq), generator=torch.Generator().manual_seed(1)
     )
