@@ -53,7 +53,7 @@ def setup(args):
     return model, TokenBatch.from_tokens(tokens, 1)
 
 
-def _plain_loop(model, batch, metric) -> "np.ndarray":
+def _plain_loop(model, batch, metric):
     """One forward per head, a hook zeroing that head's ``hook_z``: the obvious reference."""
     import numpy as np
 
@@ -174,8 +174,11 @@ def main():
     import numpy as np
     import transformer_lens
 
-    shape = {"native": "GPT-2-small shape (12x12 heads)", "hf-gpt2": "Hugging Face GPT2LMHeadModel, GPT-2-small shape (12x12 heads)",
-             "hf-llama": "Hugging Face LlamaForCausalLM, 16 layers x 16 heads (4 KV), d_model 1024, d_mlp 2816, vocab 32000"}[args.source]
+    shape = {
+        "native": "GPT-2-small shape (12x12 heads)",
+        "hf-gpt2": "Hugging Face GPT2LMHeadModel, GPT-2-small shape (12x12 heads)",
+        "hf-llama": "Hugging Face LlamaForCausalLM, 16 layers x 16 heads (4 KV), d_model 1024, d_mlp 2816, vocab 32000",
+    }[args.source]
     reference = "TransformerLens patching" if args.source == "native" else "one bridge forward per head"
     print(
         f"# zero-ablation sweep, {shape}, random weights, batch {args.batch}x{args.seq}, "

@@ -31,11 +31,23 @@ def bridged(name: str, n_ctx: int | None = None):
     elif name in ("hf-llama", "hf-llama-tiny"):
         arch = "LlamaForCausalLM"
         shape = (
-            dict(num_hidden_layers=16, hidden_size=1024, num_attention_heads=16, num_key_value_heads=4,
-                 intermediate_size=2816, vocab_size=32000)
+            dict(
+                num_hidden_layers=16,
+                hidden_size=1024,
+                num_attention_heads=16,
+                num_key_value_heads=4,
+                intermediate_size=2816,
+                vocab_size=32000,
+            )
             if name == "hf-llama"
-            else dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=4,
-                      intermediate_size=128, vocab_size=1000)
+            else dict(
+                num_hidden_layers=2,
+                hidden_size=64,
+                num_attention_heads=4,
+                num_key_value_heads=4,
+                intermediate_size=128,
+                vocab_size=1000,
+            )
         )
         cfg = T.LlamaConfig(max_position_embeddings=n_ctx, **shape)
     else:

@@ -55,7 +55,9 @@ def test_last_position_patching_takes_kv_reuse_and_equals_the_naive_loop(backend
     real = FusedTail.run
 
     def spy(self, *args, **kwargs):
-        if len(args) > 2 and args[2] is not None:  # an engine chunk (the tail's own check against the model passes no edit)
+        if (
+            len(args) > 2 and args[2] is not None
+        ):  # an engine chunk (the tail's own check against the model passes no edit)
             seen.append(kwargs.get("from_pos", 0))
         return real(self, *args, **kwargs)
 
@@ -153,7 +155,11 @@ def test_chg_fit_takes_the_fused_gated_forward_and_equals_the_hook_fit(backend, 
     cfg = chg.CHGConfig(n_updates=6, batch_size=4)
     runs = []
     orig_run = FusedTail.run
-    monkeypatch.setattr(FusedTail, "run", lambda self, *a, **k: runs.append(torch.is_grad_enabled()) or orig_run(self, *a, **k))
+    monkeypatch.setattr(
+        FusedTail,
+        "run",
+        lambda self, *a, **k: runs.append(torch.is_grad_enabled()) or orig_run(self, *a, **k),
+    )
     fast = chg.fit(model, data, config=cfg, seeds=[0, 1], progress=False)
     assert sum(runs) >= 3 * 6  # every update of the three phases went through the fused tail (with grad)
     runs.clear()

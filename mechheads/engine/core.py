@@ -166,7 +166,9 @@ def evaluate(
         with torch.inference_mode():
             clean, resid = model.run_with_cache(tokens, names)
             if kv_layers:
-                clean_kv = tail.clean_keys_values({layer: resid[hook_resid_pre(layer)] for layer in kv_layers})
+                clean_kv = tail.clean_keys_values(
+                    {layer: resid[hook_resid_pre(layer)] for layer in kv_layers}
+                )
     else:
         starts = sorted({first[c[0]] for c in chunks if 0 < first[c[0]] < L})  # only layers still to run
         if model.reuses_prefix and starts:
@@ -179,7 +181,18 @@ def evaluate(
         for chunk in chunks:
             pm = pos_mask(chunk) if pos_mask is not None else None
             vals = _run_chunk(
-                model, tokens, masks[chunk], values, score, pm, read, resid, first[chunk[0]], tail, clean, clean_kv
+                model,
+                tokens,
+                masks[chunk],
+                values,
+                score,
+                pm,
+                read,
+                resid,
+                first[chunk[0]],
+                tail,
+                clean,
+                clean_kv,
             )
             vals = vals.detach().cpu()
             for i, v in zip(chunk, vals, strict=True):
@@ -280,4 +293,13 @@ def evaluate_naive(
     return out
 
 
-__all__ = ["PositionMasks", "Score", "Values", "evaluate", "evaluate_naive", "first_layers", "masked_edits", "masked_hooks"]
+__all__ = [
+    "PositionMasks",
+    "Score",
+    "Values",
+    "evaluate",
+    "evaluate_naive",
+    "first_layers",
+    "masked_edits",
+    "masked_hooks",
+]

@@ -276,7 +276,9 @@ class FusedTail:
         if from_pos and not self.causal:
             raise MechheadsError("KV reuse (from_pos > 0) needs causal attention")
         if from_pos and (clean_kv is None or any(li not in clean_kv for li in range(layer + 1, L))):
-            raise MechheadsError(f"KV reuse from position {from_pos} needs the clean keys and values of layers {layer + 1}..{L - 1}")
+            raise MechheadsError(
+                f"KV reuse from position {from_pos} needs the clean keys and values of layers {layer + 1}..{L - 1}"
+            )
         if positions is not None and int(positions[0]) < from_pos:
             raise MechheadsError(f"read position {int(positions[0])} lies before from_pos={from_pos}")
         x = resid_pre  # positions from_pos .. (see from_pos)

@@ -201,7 +201,16 @@ def _gpt_neox(cls, hf):
     w_u, b_u = _linear(hf.get_output_embeddings())
     act = _act(_orig(_orig(base.layers[0]).mlp).act)
     return cls(
-        layers, _ln(base.final_layer_norm), w_u, b_u, (cos, sin, False), True, H, dh, act=act, rope_tables=tables
+        layers,
+        _ln(base.final_layer_norm),
+        w_u,
+        b_u,
+        (cos, sin, False),
+        True,
+        H,
+        dh,
+        act=act,
+        rope_tables=tables,
     )
 
 
@@ -218,7 +227,6 @@ def _llama_like(cls, hf, kind: str):
     for blk in base.layers:
         blk = _orig(blk)
         a, mlp = _orig(blk.self_attn), _orig(blk.mlp)
-        dh = int(a.head_dim)
         (wq, bq), (wk, bk), (wv, bv), (w_o, b_o) = (
             _linear(a.q_proj),
             _linear(a.k_proj),
@@ -241,7 +249,11 @@ def _llama_like(cls, hf, kind: str):
                 ln1=_ln(blk.input_layernorm),
                 w_qkv=torch.cat([wq, wk, wv], 1),
                 b_qkv=torch.cat(
-                    [_zeros_if_none(bq, wq.shape[1], wq), _zeros_if_none(bk, wk.shape[1], wk), _zeros_if_none(bv, wv.shape[1], wv)]
+                    [
+                        _zeros_if_none(bq, wq.shape[1], wq),
+                        _zeros_if_none(bk, wk.shape[1], wk),
+                        _zeros_if_none(bv, wv.shape[1], wv),
+                    ]
                 ),
                 w_o=w_o,
                 b_o=b_o,
@@ -296,18 +308,21 @@ def _parallel_one_norm(cls, hf, kind: str):
         blk = _orig(blk)
         a = _orig(blk.attn if kind == "gptj" else blk.self_attn)
         mlp = _orig(blk.mlp)
-        dh = int(a.head_dim)
         (wq, bq), (wk, bk), (wv, bv) = _linear(a.q_proj), _linear(a.k_proj), _linear(a.v_proj)
         w_o, b_o = _linear(a.out_proj if kind == "gptj" else a.dense)
         (w_in, b_in), (w_out, b_out) = (
-            (_linear(mlp.fc_in), _linear(mlp.fc_out)) if kind == "gptj" else (_linear(mlp.fc1), _linear(mlp.fc2))
+            (_linear(mlp.fc_in), _linear(mlp.fc_out))
+            if kind == "gptj"
+            else (_linear(mlp.fc1), _linear(mlp.fc2))
         )
         ln = _ln(blk.ln_1 if kind == "gptj" else blk.input_layernorm)
         layers.append(
             _TailLayer(
                 ln1=ln,
                 w_qkv=torch.cat([wq, wk, wv], 1),
-                b_qkv=torch.cat([_zeros_if_none(b, w.shape[1], w) for w, b in ((wq, bq), (wk, bk), (wv, bv))]),
+                b_qkv=torch.cat(
+                    [_zeros_if_none(b, w.shape[1], w) for w, b in ((wq, bq), (wk, bk), (wv, bv))]
+                ),
                 w_o=w_o,
                 b_o=b_o,
                 scale=1.0 / float(a.scaling),

@@ -1,0 +1,164 @@
+"""Contrastive CHG (retain one task, forget another) and its leave-one-task-out transfer table.
+
+Part of :mod:`mechheads.chg` (Nam et al., 2025, "Causal Head Gating: A Framework for Interpreting
+Roles of Attention Heads in Transformers"); see the package docstring for the method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+from jaxtyping import Float
+
+from mechheads.chg.config import DEFAULT_LAMBDA, CHGConfig, PhaseFit
+from mechheads.chg.fitting import check_gateable, check_seeds, fit_phase, init_logits
+from mechheads.chg.objectives import ContrastiveLoss
+from mechheads.chg.taxonomy import seed_head_index
+from mechheads.chg.validation import evaluate_gates
+from mechheads.errors import MechheadsError
+from mechheads.model import HeadModel
+from mechheads.tasks.core import Task, TokenBatch
+
+
+@dataclass(frozen=True)
+class ContrastiveConfig:
+    """Contrastive CHG options: the paper's §4.4 / appendix 6.2 defaults, λ per gate (> 0: the
+    regulariser keeps gates open, so only heads the forget term needs shut are shut)."""
+
+    n_updates: int = 500
+    batch_size: int = 64
+    lr: tuple[float, float] = (0.1, 0.01)
+    lam: float = DEFAULT_LAMBDA
+    diff_clip: float = 5.0
+    logit_clip: float = 4.0
+    grad_clip: float | None = 1.0
+
+    def __post_init__(self):
+        CHGConfig(
+            n_updates=self.n_updates,
+            batch_size=self.batch_size,
+            lr_fit=self.lr,
+            lam=self.lam,
+            logit_clip=self.logit_clip,
+            grad_clip=self.grad_clip,
+        )  # same validation
+
+
+@dataclass
+class ContrastiveResult:
+    seeds: list[int]
+    config: ContrastiveConfig
+    fit: PhaseFit = field(repr=False)
+
+    @property
+    def gates(self) -> Float[torch.Tensor, "seed layer head"]:
+        return torch.sigmoid(self.fit.logits).cpu()
+
+    def table(self) -> pd.DataFrame:
+        g = self.gates.double().numpy()
+        return pd.DataFrame({**seed_head_index(self.seeds, *g.shape[1:]), "gate": g.ravel()})
+
+
+def fit_contrastive(
+    model: HeadModel,
+    retain: Task | TokenBatch,
+    forget: Task | TokenBatch,
+    *,
+    seeds: Iterable[int] = (0,),
+    config: ContrastiveConfig | None = None,
+    checkpoint: str | Path | None = None,
+    progress: bool = True,
+) -> ContrastiveResult:
+    """Contrastive CHG (paper §4.4): one gate matrix per seed that keeps the retain variant's
+    target log-probability while pushing the forget variant's below it, on matched pairs (row i
+    of ``retain`` and ``forget`` differ only in the task's formulation)."""
+    config = config or ContrastiveConfig()
+    seeds = check_seeds(seeds)
+    check_gateable(model)
+    obj = ContrastiveLoss(model, retain, forget, config.diff_clip)
+    res = fit_phase(
+        model,
+        obj,
+        init_logits(model, seeds),
+        phase="contrastive",
+        lam=config.lam,
+        n_updates=config.n_updates,
+        lr=config.lr,
+        batch_size=config.batch_size,
+        seed=seeds[0],
+        logit_clip=config.logit_clip,
+        grad_clip=config.grad_clip,
+        checkpoint=checkpoint,
+        progress=progress,
+    )
+    return ContrastiveResult(seeds, config, res)
+
+
+def contrastive_transfer(
+    model: HeadModel,
+    tasks: Sequence[str] | None = None,
+    *,
+    n_train: int = 64,
+    n_eval: int = 50,
+    forget_formats: Sequence[str] = ("icl", "instruction"),
+    seed: int = 0,
+    config: ContrastiveConfig | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Leave-one-task-out contrastive CHG over the function tasks (paper §4.4, Fig. 5): for each
+    held-out task and each forgotten format, fit on the other tasks' matched pairs (forget that
+    format, retain the other), then measure held-out accuracy in both formats with and without
+    the gates. Returns one row per (held_out, forget, eval_format, gated)."""
+    from mechheads.tasks.generators import FUNCTION_TASK_NAMES, function_task_pair
+
+    tasks = list(FUNCTION_TASK_NAMES if tasks is None else tasks)
+    bad = [t for t in tasks if t not in FUNCTION_TASK_NAMES]
+    if bad or len(tasks) < 2:
+        raise MechheadsError(f"need >= 2 tasks from {list(FUNCTION_TASK_NAMES)}; got {tasks}")
+    for f in forget_formats:
+        if f not in ("icl", "instruction"):
+            raise MechheadsError(f"forget format {f!r} is not one of ['icl', 'instruction']")
+    train = {t: function_task_pair(t, n=n_train, seed=seed) for t in tasks}
+    evals = {t: function_task_pair(t, n=n_eval, seed=seed + 10_000) for t in tasks}
+    rows = []
+    for held in tasks:
+        others = [t for t in tasks if t != held]
+        for forget in forget_formats:
+            fi = 0 if forget == "icl" else 1
+            ret = _concat([train[t][1 - fi] for t in others])
+            fgt = _concat([train[t][fi] for t in others])
+            res = fit_contrastive(model, ret, fgt, seeds=[seed], config=config, progress=progress)
+            for ei, fmt in enumerate(("icl", "instruction")):
+                task = evals[held][ei]
+                none = evaluate_gates(
+                    model, task, torch.ones(1, model.cfg.n_layers, model.cfg.n_heads), metric="accuracy"
+                )
+                gated = evaluate_gates(model, task, res.gates, metric="accuracy")
+                for flag, acc in ((False, none), (True, gated)):
+                    rows.append(
+                        {
+                            "held_out": held,
+                            "forget": forget,
+                            "retain": ("icl", "instruction")[1 - fi],
+                            "eval_format": fmt,
+                            "gated": flag,
+                            "accuracy": float(acc[0]),
+                            "n": len(task),
+                        }
+                    )
+    return pd.DataFrame(rows)
+
+
+def _concat(tasks: Sequence[Task]) -> Task:
+    return Task(
+        "+".join(t.name for t in tasks),
+        [p for t in tasks for p in t.prompts],
+        [y for t in tasks for y in t.targets],
+    )
+
+
+__all__ = ["ContrastiveConfig", "ContrastiveResult", "contrastive_transfer", "fit_contrastive"]
