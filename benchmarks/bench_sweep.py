@@ -147,6 +147,64 @@ def run_side(args, name: str, n_heads: int | None = None) -> dict:
     return data
 
 
+def _shape(source: str) -> dict:
+    """Dense shapes of the benchmark model: layers, heads, KV heads, d_model, d_head, d_mlp,
+    gated MLP, vocabulary."""
+    if source == "hf-llama":
+        return dict(L=16, H=16, kv=4, d=1024, dh=64, mlp=2816, gated=True, V=32000)
+    return dict(L=12, H=12, kv=12, d=768, dh=64, mlp=3072, gated=False, V=50257)
+
+
+def sweep_flops(source: str, B: int, T: int, read: int = 1) -> tuple[float, float]:
+    """Dense matmul FLOPs (2 per multiply-add; attention scores and norms left out, < 2% here) of
+    a single-head sweep reading ``read`` positions: (one forward per head, mechheads' engine).
+
+    mechheads, for a head in layer l: layer l's output projection and MLP (its attention is the
+    clean run's), layers l+1 .. L-2 at every position up to the last one read, the last layer's
+    keys and values there but queries, output and MLP only at the read positions, and the
+    unembedding at the read positions. Zero ablation at every position changes every later
+    position, so nothing before the read position can be skipped (no KV reuse applies)."""
+    s = _shape(source)
+    q, kv, o = s["d"] * s["H"] * s["dh"], 2 * s["d"] * s["kv"] * s["dh"], s["H"] * s["dh"] * s["d"]
+    mlp = (3 if s["gated"] else 2) * s["d"] * s["mlp"]
+    unembed = s["d"] * s["V"]
+    N = B * T
+    full_layer = 2 * N * (q + kv + o + mlp)
+    naive = s["L"] * full_layer + 2 * N * unembed
+    R = B * read
+    last = 2 * N * kv + 2 * R * (q + o + mlp)
+    ours = 0.0
+    for layer in range(s["L"]):
+        if layer == s["L"] - 1:
+            per = 2 * R * (o + mlp)
+        else:
+            per = 2 * N * (o + mlp) + (s["L"] - 2 - layer) * full_layer + last
+        ours += s["H"] * (per + 2 * R * unembed)
+    n_heads = s["L"] * s["H"]
+    return n_heads * naive, ours
+
+
+def flop_report(args, ref_s: float, our_s: float) -> None:
+    """FLOP counts, the FLOP ratio (the bound on the speed ratio at equal efficiency) and the
+    achieved rates against this machine's matmul rate at the model's MLP shape."""
+    naive, ours = sweep_flops(args.source, args.batch, args.seq)
+    torch.set_num_threads(args.threads)
+    s = _shape(args.source)
+    a, w = torch.randn(args.batch * args.seq, s["d"]), torch.randn(s["d"], s["mlp"])
+    a @ w
+    n, t0 = 20, time.perf_counter()
+    for _ in range(n):
+        a @ w
+    peak = n * 2 * a.shape[0] * s["d"] * s["mlp"] / (time.perf_counter() - t0)
+    print(
+        f"FLOPs (dense matmuls): one forward per head {naive / 1e12:.2f} TFLOP, mechheads {ours / 1e12:.2f} TFLOP "
+        f"(FLOP ratio {naive / ours:.2f}x: the speed ratio at equal efficiency); achieved "
+        f"{naive / ref_s / 1e9:.1f} vs {ours / our_s / 1e9:.1f} GFLOP/s against a matmul at the MLP's shape "
+        f"[{a.shape[0]}x{s['d']}]@[{s['d']}x{s['mlp']}] of {peak / 1e9:.1f} GFLOP/s on {args.threads} thread(s) "
+        f"(mechheads at {ours / our_s / peak:.0%} of it)"
+    )
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", choices=["native", "hf-gpt2", "hf-llama"], default="native")
@@ -185,7 +243,7 @@ def main():
         f"metric: log-prob of the last token; backend {args.backend}, transformer-lens {transformer_lens.__version__ if hasattr(transformer_lens, '__version__') else ''}, "
         f"{args.threads} threads, max_rows {args.max_rows}"
     )
-    ratios, hook_ratios = [], []
+    ratios, hook_ratios, ref_secs, our_secs = [], [], [], []
     for rep in range(args.repeats):
         order = ["tl", "ours"] if rep % 2 == 0 else ["ours", "tl"]
         if args.hook_path:
@@ -194,6 +252,8 @@ def main():
         tl, ours = res["tl"], res["ours"]
         diff = float(np.abs(np.array(tl["values"]) - np.array(ours["values"])).max())
         ratios.append(tl["seconds"] / ours["seconds"])
+        ref_secs.append(tl["seconds"])
+        our_secs.append(ours["seconds"])
         print(f"run {rep + 1} (order {' -> '.join(order)}):")
         print(f"  {reference}: {tl['seconds']:.1f} s, peak RSS {tl['peak_rss_mb']:.0f} MB")
         print(f"  mechheads sweep_heads:    {ours['seconds']:.1f} s, peak RSS {ours['peak_rss_mb']:.0f} MB")
@@ -212,6 +272,7 @@ def main():
     )
     if hook_ratios:
         print(f"median ratio with fused=False: {float(np.median(hook_ratios)):.2f}x")
+    flop_report(args, float(np.median(ref_secs)), float(np.median(our_secs)))
     few = run_side(args, "ours", n_heads=12)
     print(
         f"memory bound: peak RSS sweeping 12 heads {few['peak_rss_mb']:.0f} MB vs all heads {ours['peak_rss_mb']:.0f} MB "

@@ -18,7 +18,7 @@ each one hook-based and run through mechheads' context managers (hooks never out
 * :func:`ablation_sweep` — zero or mean ablation of each head alone (one forward per head, via
   :func:`mechheads.hooks.scale_heads` / :func:`~mechheads.hooks.replace_heads`) and the metric's
   change, as the engine's :class:`~mechheads.ablation.AblationResult`;
-* :func:`chg` — Causal Head Gating (:func:`mechheads.chg.fit`) with a regression loss on the pair
+* :func:`fit_chg` — Causal Head Gating (:func:`mechheads.chg.fit`) with a regression loss on the pair
   cosines (:class:`mechheads.chg.RegressionLoss`);
 * :func:`special_token_attention` — per-head attention to ``[CLS]``, ``[SEP]``, the token itself and
   its neighbours, and attention entropy, on real sentences with padding masked (the analyses of
@@ -448,7 +448,7 @@ def ablation_sweep(
 
 # ----- causal head gating ------------------------------------------------------------------------
 def chg_objective(model: HeadModel, pairs: SentencePairs | None = None, *, target: str = "labels"):
-    """The :class:`mechheads.chg.RegressionLoss` :func:`chg` fits: the squared error of each pair's
+    """The :class:`mechheads.chg.RegressionLoss` :func:`fit_chg` fits: the squared error of each pair's
     cosine against a target, relative to a scale so that λ means what it does elsewhere.
 
     * ``target="labels"`` — cosine against the label (1 paraphrase, 0 not), divided by the intact
@@ -491,7 +491,7 @@ def chg_objective(model: HeadModel, pairs: SentencePairs | None = None, *, targe
     return loss
 
 
-def chg(
+def fit_chg(
     model: HeadModel,
     pairs: SentencePairs | None = None,
     *,
@@ -623,7 +623,7 @@ __all__ = [
     "SentenceBatch",
     "SentencePairs",
     "ablation_sweep",
-    "chg",
+    "fit_chg",
     "chg_objective",
     "embed",
     "head_means",

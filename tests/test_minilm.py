@@ -17,7 +17,7 @@ from mechheads.pretrained import final_hidden_hook, load_minilm, load_minilm_hf,
 from mechheads.sentence import (
     SentencePairs,
     ablation_sweep,
-    chg,
+    fit_chg,
     embed,
     hidden_states,
     paraphrase_gap,
@@ -230,15 +230,15 @@ def test_chg_gates_in_unit_interval_and_deterministic(minilm, small_pairs):
     from mechheads.chg import CHGConfig
 
     cfg = CHGConfig(n_updates=2, batch_size=3)
-    a = chg(minilm, small_pairs, seeds=(0,), config=cfg)
-    b = chg(minilm, small_pairs, seeds=(0,), config=cfg)
+    a = fit_chg(minilm, small_pairs, seeds=(0,), config=cfg)
+    b = fit_chg(minilm, small_pairs, seeds=(0,), config=cfg)
     for g in (a.g_zero, a.g_plus, a.g_minus):
         assert g.shape == (1, 6, 12)
         assert bool(((g >= 0) & (g <= 1)).all())
     assert torch.equal(a.g_plus, b.g_plus) and torch.equal(a.g_minus, b.g_minus)
     assert not torch.equal(a.g_minus, a.g_zero)  # the fit moved the gates
     assert set(a.aggregate().role) <= {"facilitating", "interfering", "irrelevant", "mixed"}
-    m = chg(minilm, small_pairs, seeds=(1,), config=CHGConfig(n_updates=1, batch_size=2), target="model")
+    m = fit_chg(minilm, small_pairs, seeds=(1,), config=CHGConfig(n_updates=1, batch_size=2), target="model")
     assert bool(((m.g_minus >= 0) & (m.g_minus <= 1)).all())
     assert minilm.n_attached_hooks() == 0
 
@@ -291,7 +291,7 @@ def test_bad_input_names_what_is_valid(minilm, small_pairs):
     with pytest.raises(MechheadsError, match=r"valid for sentence metrics: \['zero', 'mean'\]"):
         ablation_sweep(minilm, small_pairs, "resample")
     with pytest.raises(MechheadsError, match=r"valid targets: \['labels', 'model'\]"):
-        chg(minilm, small_pairs, target="logits")
+        fit_chg(minilm, small_pairs, target="logits")
     with pytest.raises(MechheadsError, match=r"0 \(not a paraphrase\) or 1 \(paraphrase\)"):
         SentencePairs.from_rows([("a b", "c d", 2)])
     with pytest.raises(MechheadsError, match=r"0 \(not a paraphrase\) or 1 \(paraphrase\)"):

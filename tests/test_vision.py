@@ -18,7 +18,7 @@ from mechheads.vision import (
     ablation_heatmap,
     attention_maps,
     build_vit,
-    chg,
+    fit_chg,
     head_roles,
     mean_ablation,
     mse_metric,
@@ -379,7 +379,7 @@ def test_chg_on_the_vit_fits_gates_through_the_image_forward(data):
     vit = build_vit(SMALL, *perturbed(SMALL))
     obj = chg_objective(vit, data)
     assert obj(torch.arange(6), 1).item() == pytest.approx(1.0, rel=1e-5)  # relative MSE of the intact model
-    res = chg(vit, data, seeds=(0, 1), config=CHGConfig(n_updates=3, batch_size=4), progress=False)
+    res = fit_chg(vit, data, seeds=(0, 1), config=CHGConfig(n_updates=3, batch_size=4), progress=False)
     assert res.g_plus.shape == (2, 2, 3)
     heat = ablation_heatmap(vit, data, progress=False)
     table, agree = head_roles(heat, specialisation(vit, data), res)

@@ -13,7 +13,7 @@ Images: Decoding Attention Head Behavior for Transparent and Trustworthy AI", 20
 * quantified specialisation, beyond the paper (which judged by eye): for each head the share of
   its attention mass that falls on the chirp and on each distractor, compared with the share of
   the image each covers, and a label with stated thresholds (:func:`specialisation`);
-* Causal Head Gating with the MSE loss (:func:`chg`, via :func:`mechheads.chg.fit`) and its
+* Causal Head Gating with the MSE loss (:func:`fit_chg`, via :func:`mechheads.chg.fit`) and its
   taxonomy side by side with the ablation heatmap and the attention labels (:func:`head_roles`).
 
 Every function returns arrays or tidy DataFrames for a figure function to draw.
@@ -479,7 +479,7 @@ def specialisation(
 
 
 # ----- CHG ---------------------------------------------------------------------------------------
-def chg(
+def fit_chg(
     vit: VisionModel,
     data: SpectrogramSet | tuple[torch.Tensor, torch.Tensor],
     *,
@@ -507,7 +507,7 @@ def chg(
 def chg_objective(
     vit: VisionModel, data: SpectrogramSet | tuple[torch.Tensor, torch.Tensor], *, relative: bool = True
 ):
-    """The :class:`mechheads.chg.RegressionLoss` :func:`chg` fits: the ViT's MSE on ``data``,
+    """The :class:`mechheads.chg.RegressionLoss` :func:`fit_chg` fits: the ViT's MSE on ``data``,
     divided by the intact model's MSE when ``relative``."""
     from mechheads.chg import RegressionLoss
 
@@ -565,7 +565,7 @@ __all__ = [
     "ablated_predictions",
     "ablation_heatmap",
     "attention_maps",
-    "chg",
+    "fit_chg",
     "chg_objective",
     "head_roles",
     "label_head",
