@@ -77,10 +77,22 @@ def _zeros_if_none(b: torch.Tensor | None, n: int, like: torch.Tensor) -> torch.
     return torch.zeros(n, dtype=like.dtype, device=like.device) if b is None else b
 
 
+# Hugging Face activation modules written as several elementwise ops, and the fused kernel that
+# computes the same function (equal to float32 rounding; every tail is checked against the model).
+_FUSED_ACTS = {
+    "NewGELUActivation": lambda x: torch.nn.functional.gelu(x, approximate="tanh"),
+    "FastGELUActivation": lambda x: torch.nn.functional.gelu(x, approximate="tanh"),
+    "GELUTanh": lambda x: torch.nn.functional.gelu(x, approximate="tanh"),
+    "GELUActivation": torch.nn.functional.gelu,
+    "SiLUActivation": torch.nn.functional.silu,
+    "SiLU": torch.nn.functional.silu,
+}
+
+
 def _act(mod):
     if not callable(mod):
         raise TypeError(type(mod).__name__)
-    return mod
+    return _FUSED_ACTS.get(type(mod).__name__, mod)
 
 
 def tail_from_hf(cls, model: HeadModel):
