@@ -63,22 +63,10 @@ HT_CONFIGS: dict[str, dict] = {
     "float64": dict(dtype=torch.float64),
     "attn-only": dict(attn_only=True, d_mlp=None),
 }
-FUSED_HT = {
-    "LN",
-    "LNPre",
-    "rotary-full",
-    "rotary-partial",
-    "rotary-adjacent",
-    "relu",
-    "gelu",
-    "gelu_pytorch_tanh",
-    "no-attn-scale",
-    "attn-scale",
-    "d_vocab_out",
-    "bidirectional",
-    "float64",
-    "attn-only",
-}
+# Every HookedTransformer option takes the fused tail except these: shortformer positions (the
+# positional embedding feeds every block), ALiBi, SoLU's LayerNorm inside the MLP, and no
+# normalisation at all (residuals grow until float32 rounding of the fused sums exceeds 1e-5).
+FUSED_HT = set(HT_CONFIGS) - {"shortformer", "alibi", "solu_ln", "no-norm"}
 
 
 def _hf_families() -> dict:

@@ -22,6 +22,9 @@ _ACTS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu_pytorch_tanh": lambda x: torch.nn.functional.gelu(x, approximate="tanh"),
     "gelu": torch.nn.functional.gelu,
     "relu": torch.nn.functional.relu,
+    "silu": torch.nn.functional.silu,
+    # TransformerLens's gelu_fast is the tanh approximation written another way (equal to rounding)
+    "gelu_fast": lambda x: torch.nn.functional.gelu(x, approximate="tanh"),
 }
 # Config flags that change the block computation; the fused tail only runs where all are off.
 _UNSUPPORTED_FLAGS = (
@@ -44,6 +47,19 @@ _UNSUPPORTED_FLAGS = (
     "use_attention_sinks",
     "relative_attention_num_buckets",
     "rope_scaling",
+)
+
+
+# Of those, the options the tail reproduces on a HookedTransformer.
+_HOOKED_COVERED = (
+    "n_key_value_heads",
+    "gated_mlp",
+    "uses_rms_norm",
+    "final_rms",
+    "use_local_attn",
+    "attn_types",
+    "parallel_attn_mlp",
+    "use_normalization_before_and_after",
 )
 
 
@@ -92,6 +108,7 @@ class _TailLayer:
     b_out: torch.Tensor | None = None
     w_gate: torch.Tensor | None = None  # [d_model, d_mlp]: gated MLP, act(x W_gate) * (x W_in)
     b_gate: torch.Tensor | None = None
+    b_mid: torch.Tensor | None = None  # added after the gate product (HookedTransformer's GatedMLP b_in)
     parallel: bool = False  # the MLP reads the block's input (GPT-NeoX, GPT-J), not x + attention
     post_attn: Norm | None = None  # Gemma 2: normalises the attention output before the residual
     post_mlp: Norm | None = None
@@ -232,6 +249,8 @@ class FusedTail:
         pre = torch.nn.functional.linear(h, layer.w_in.T, layer.b_in)
         if layer.w_gate is not None:
             hidden = self.act(torch.nn.functional.linear(h, layer.w_gate.T, layer.b_gate)) * pre
+            if layer.b_mid is not None:
+                hidden = hidden + layer.b_mid
         else:
             hidden = self.act(pre)
         return _apply(layer.post_mlp, torch.nn.functional.linear(hidden, layer.w_out.T, layer.b_out))
@@ -342,18 +361,25 @@ class FusedTail:
             if is_hf_bridge(model):
                 return tail_from_hf(cls, model)
         c = model.tl.cfg
+        hooked = model.backend == "hooked"
+        # HookedTransformer options the tail reproduces (the zoo's native bridge models have none)
+        covered = _HOOKED_COVERED if hooked else ()
         for flag in _UNSUPPORTED_FLAGS:
-            if getattr(c, flag, None):
+            if flag not in covered and getattr(c, flag, None):
                 return None
-        for cap in ("attn_scores_soft_cap", "output_logits_soft_cap"):
-            if float(getattr(c, cap, -1.0) or -1.0) > 0:
-                return None
+        if not hooked:
+            for cap in ("attn_scores_soft_cap", "output_logits_soft_cap"):
+                if float(getattr(c, cap, -1.0) or -1.0) > 0:
+                    return None
         if float(getattr(c, "rotary_scaling_factor", 1.0) or 1.0) != 1.0:
+            return None
+        if getattr(c, "rotary_base_local", None) is not None:
             return None
         norm = str(getattr(c, "normalization_type", None) or "").upper()
         act = str(getattr(c, "act_fn", "") or "").lower()
         pos_kind = str(getattr(c, "positional_embedding_type", "standard") or "standard").lower()
-        if norm not in ("LN", "LNPRE", "") or act not in _ACTS or pos_kind not in ("standard", "rotary"):
+        norms = ("LN", "LNPRE", "RMS", "RMSPRE", "") if hooked else ("LN", "LNPRE", "")
+        if norm not in norms or act not in _ACTS or pos_kind not in ("standard", "rotary"):
             return None
         if getattr(c, "attention_dir", "causal") not in ("causal", "bidirectional"):
             return None
@@ -368,7 +394,14 @@ class FusedTail:
     @classmethod
     def _from_hooked(cls, model: HeadModel) -> FusedTail | None:
         tl = model.tl
-        if type(tl).__name__ != "HookedTransformer" or tl.cfg.dtype not in (torch.float32, torch.float64):
+        c = tl.cfg
+        if type(tl).__name__ != "HookedTransformer" or c.dtype not in (torch.float32, torch.float64):
+            return None
+        if c.is_layer_norm_activation():  # SoLU's LayerNorm inside the MLP
+            return None
+        if not c.normalization_type:
+            # Unnormalised residuals grow with depth: float32 rounding of reordered sums then
+            # exceeds 1e-5 in absolute terms (measured 1.5e-5), so such models take the hook path.
             return None
 
         def ln(mod):
@@ -377,45 +410,75 @@ class FusedTail:
                 return Norm("ln", mod.w, mod.b, float(mod.eps))
             if name == "LayerNormPre":
                 return Norm("ln", None, None, float(mod.eps))
+            if name == "RMSNorm":
+                return Norm("rms", mod.w, None, float(mod.eps))
+            if name == "RMSNormPre":
+                return Norm("rms", None, None, float(mod.eps))
             if isinstance(mod, torch.nn.Identity):
                 return None
             raise TypeError(name)
 
         H, dh = model.cfg.n_heads, model.cfg.d_head
+        kvh = int(getattr(c, "n_key_value_heads", None) or H)
+
+        def flat(w):  # [heads, d_model, d_head] -> [d_model, heads * d_head]
+            return w.permute(1, 0, 2).reshape(w.shape[1], -1)
+
         layers = []
         for blk in tl.blocks:
             a = blk.attn
-            if type(a).__name__ != "Attention" or type(blk).__name__ != "TransformerBlock":
+            kind = type(a).__name__
+            if type(blk).__name__ != "TransformerBlock" or kind not in ("Attention", "GroupedQueryAttention"):
                 return None
-            flat = lambda w: w.permute(1, 0, 2).reshape(w.shape[1], H * dh)  # noqa: E731
+            if kind == "GroupedQueryAttention":
+                wk, wv, bk, bv = a._W_K, a._W_V, a._b_K, a._b_V
+            else:
+                wk, wv, bk, bv = a.W_K, a.W_V, a.b_K, a.b_V
+            post = bool(getattr(c, "use_normalization_before_and_after", False))
             layer = _TailLayer(
                 ln1=ln(blk.ln1),
-                w_qkv=torch.cat([flat(a.W_Q), flat(a.W_K), flat(a.W_V)], 1),
-                b_qkv=torch.cat([a.b_Q.reshape(-1), a.b_K.reshape(-1), a.b_V.reshape(-1)]),
+                w_qkv=torch.cat([flat(a.W_Q), flat(wk), flat(wv)], 1),
+                b_qkv=torch.cat([a.b_Q.reshape(-1), bk.reshape(-1), bv.reshape(-1)]),
                 w_o=a.W_O.reshape(H * dh, -1),
                 b_o=a.b_O,
                 scale=float(a.attn_scale),
+                post_attn=ln(blk.ln1_post) if post else None,
+                window=int(c.window_size) if getattr(a, "attn_type", "global") == "local" else None,
             )
-            if not tl.cfg.attn_only:
-                if type(blk.mlp).__name__ != "MLP":
-                    return None
+            if not c.attn_only:
+                mlp = type(blk.mlp).__name__
                 layer.ln2 = ln(blk.ln2)
-                layer.w_in, layer.b_in = blk.mlp.W_in, blk.mlp.b_in
+                layer.parallel = bool(getattr(c, "parallel_attn_mlp", False))
+                layer.post_mlp = ln(blk.ln2_post) if post else None
+                if mlp == "MLP":
+                    layer.w_in, layer.b_in = blk.mlp.W_in, blk.mlp.b_in
+                elif mlp == "GatedMLP":
+                    layer.w_gate, layer.w_in, layer.b_mid = blk.mlp.W_gate, blk.mlp.W_in, blk.mlp.b_in
+                else:
+                    return None
                 layer.w_out, layer.b_out = blk.mlp.W_out, blk.mlp.b_out
             layers.append(layer)
         rotary = None
-        if tl.cfg.positional_embedding_type == "rotary":
+        if c.positional_embedding_type == "rotary":
             a = tl.blocks[0].attn
-            rotary = (a.rotary_cos, a.rotary_sin, bool(tl.cfg.rotary_adjacent_pairs))
+            rotary = (a.rotary_cos, a.rotary_sin, bool(c.rotary_adjacent_pairs))
+
+        def cap(name: str) -> float | None:
+            v = float(getattr(c, name, -1.0) or -1.0)
+            return v if v > 0 else None
+
         return cls(
             layers,
             ln(tl.ln_final),
             tl.unembed.W_U,
             tl.unembed.b_U,
             rotary,
-            tl.cfg.attention_dir == "causal",
+            c.attention_dir == "causal",
             H,
             dh,
+            n_kv_heads=kvh,
+            attn_softcap=cap("attn_scores_soft_cap"),
+            logit_softcap=cap("output_logits_soft_cap"),
         )
 
     @classmethod
