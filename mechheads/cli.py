@@ -99,8 +99,9 @@ def cmd_report(args) -> int:
 
     if args.n < 1:
         raise MechheadsError(f"--n must be at least 1, got {args.n}")
-    if args.workers < 0:
-        raise MechheadsError(f"--workers must be 0 (no workers) or more, got {args.workers}")
+    workers = args.workers
+    if workers < 0:
+        raise MechheadsError(f"--workers must be 0 (no workers) or more, got {workers}")
     cfg = ReportConfig(
         n=args.n,
         chg_seeds=args.seeds if args.seeds is not None else (10 if args.full else ReportConfig.chg_seeds),
@@ -123,7 +124,7 @@ def cmd_report(args) -> int:
         flush=True,
     )
     executor = None
-    if args.workers:
+    if workers:
         import functools
 
         from mechheads.distributed import ModelSpec, RayExecutor
@@ -134,7 +135,7 @@ def cmd_report(args) -> int:
             if args.pretrained
             else ModelSpec(zoo=zoo_name, backend=args.backend)
         )
-        executor = RayExecutor(num_workers=args.workers, model=spec, progress=not args.quiet)
+        executor = RayExecutor(num_workers=workers, model=spec, progress=not args.quiet)
     try:
         rep = build_report(
             model,
@@ -181,8 +182,6 @@ def cmd_info(args) -> int:
 
     if args.n < 1:
         raise MechheadsError(f"--n must be at least 1, got {args.n}")
-    if args.workers < 0:
-        raise MechheadsError(f"--workers must be 0 (no workers) or more, got {args.workers}")
     names = [args.model] if args.model else zoo.list_models()
     for name in names:
         model = zoo.load(name, backend=args.backend)
