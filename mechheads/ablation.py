@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 from jaxtyping import Bool
 
-from mechheads import engine
+from mechheads import distributed, engine, statefiles
 from mechheads.errors import MechheadsError
 from mechheads.heads import Head, HeadsLike, all_heads, masks_from_head_sets, parse_heads
 from mechheads.hooks import Positions, position_mask
@@ -393,7 +393,7 @@ def _save_checkpoint(path: Path, fingerprint: str, values: dict[int, float]) -> 
 
 
 def evaluate_masks(
-    model: HeadModel,
+    model: HeadModel | distributed.ModelSpec | str,
     batch: TokenBatch,
     masks: Bool[torch.Tensor, "k layer head"],
     ablation: Ablation,
@@ -406,6 +406,7 @@ def evaluate_masks(
     desc: str = "ablating",
     checkpoint: str | Path | None = None,
     fused: bool = True,
+    executor: distributed.Executor | None = None,
 ) -> torch.Tensor:
     """Metric value under each of K head masks (True = ablated), computed K copies at a time by
     the engine (:func:`mechheads.engine.evaluate`).
@@ -421,27 +422,68 @@ def evaluate_masks(
     ``hook_z`` hooks instead (with prefix reuse where the backend allows it exactly).
 
     Args:
+        model: the model; with an ``executor``, a :class:`~mechheads.distributed.ModelSpec` or a
+            zoo name (the driver and every worker load their own copy).
         masks: [K, layer, head] booleans; an all-False mask is the clean model.
         positions: positions (in any form :mod:`mechheads.hooks` accepts) where ablation applies.
         copy_positions: optional [K, pos] booleans: mask k ablates only at those positions.
         max_rows: cap on batch rows per forward (K copies × batch); bounds peak memory.
-        checkpoint: file to store finished values in; an interrupted call resumes from it.
+        checkpoint: file to store finished values in; an interrupted call resumes from it. With an
+            executor, a folder holding one state file per unit.
         fused: allow the fused fast path (results agree with the hook path to float rounding).
+        executor: e.g. :class:`~mechheads.distributed.RayExecutor`: the masks are cut into whole
+            chunks of the engine's plan and evaluated on its workers; the values are identical to
+            the run without it.
 
     Returns:
         A float tensor [K] on the CPU.
     """
+    model, spec = distributed.resolve(model, executor)
+    return _evaluate_masks(
+        model,
+        spec,
+        executor,
+        batch,
+        masks,
+        ablation,
+        metric,
+        positions=positions,
+        copy_positions=copy_positions,
+        max_rows=max_rows,
+        progress=progress,
+        desc=desc,
+        checkpoint=checkpoint,
+        fused=fused,
+    )
+
+
+def _evaluate_masks(
+    model: HeadModel,
+    spec: distributed.ModelSpec | None,
+    executor: distributed.Executor | None,
+    batch: TokenBatch,
+    masks: torch.Tensor,
+    ablation: Ablation,
+    metric,
+    *,
+    positions: Positions,
+    copy_positions: torch.Tensor | None,
+    max_rows: int,
+    progress: bool,
+    desc: str,
+    checkpoint: str | Path | None,
+    fused: bool,
+) -> torch.Tensor:
     L, H = model.cfg.n_layers, model.cfg.n_heads
     if masks.ndim != 3 or tuple(masks.shape[1:]) != (L, H):
         raise MechheadsError(f"masks must be [K, {L}, {H}], got {tuple(masks.shape)}")
     if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
         raise MechheadsError(f"max_rows must be a positive integer, got {max_rows!r}")
-    K, B, T = masks.shape[0], len(batch), batch.tokens.shape[1]
+    K, T = masks.shape[0], batch.tokens.shape[1]
     ablation.check_fits(model, batch)
     if copy_positions is not None and tuple(copy_positions.shape) != (K, T):
         raise MechheadsError(f"copy_positions must be [{K}, {T}], got {tuple(copy_positions.shape)}")
-    metric_fn = get_metric(metric)
-    shared_pos = position_mask(positions, B, T, model.device)
+    get_metric(metric)
 
     path = Path(checkpoint) if checkpoint is not None else None
     pos_tensor = positions if isinstance(positions, torch.Tensor) else None
@@ -449,8 +491,43 @@ def evaluate_masks(
     if path:
         extra = None if pos_tensor is not None else positions
         fp = _fingerprint(model, batch, ablation, metric, (masks, copy_positions, pos_tensor), extra)
-    done = _load_checkpoint(path, fp) if path else {}
 
+    if executor is not None:
+        values = _evaluate_masks_on(
+            executor, spec, fp, batch, masks, ablation, metric, positions, copy_positions, max_rows, fused,
+            path, progress, desc,
+        )
+    else:
+        done = _load_checkpoint(path, fp) if path else {}
+        values = dict(done)
+
+        def save(chunk: list[int], vals: torch.Tensor) -> None:
+            for i, v in zip(chunk, vals.tolist(), strict=True):
+                values[i] = v
+            if path:
+                _save_checkpoint(path, fp, values)
+
+        _run_masks(
+            model, batch, masks, ablation, metric, positions, copy_positions, max_rows, fused,
+            skip=done.keys(), on_chunk=save, progress=progress, desc=desc,
+        )
+    out = torch.tensor([values[i] for i in range(K)], dtype=torch.float64)
+    bad = (~torch.isfinite(out)).nonzero().flatten().tolist()
+    if bad:
+        raise MechheadsError(
+            f"the metric is not finite under {len(bad)} mask(s), first at index {bad[0]}: {out[bad[0]].item()}"
+        )
+    return out
+
+
+def _run_masks(
+    model, batch, masks, ablation, metric, positions, copy_positions, max_rows, fused, *, skip, on_chunk,
+    progress=False, desc="ablating",
+) -> None:
+    """The engine call of :func:`evaluate_masks` (in the driver, or in a worker on its unit)."""
+    B, T = len(batch), batch.tokens.shape[1]
+    metric_fn = get_metric(metric)
+    shared_pos = position_mask(positions, B, T, model.device)
     # Built-in metrics read only target and answer positions: unembed just those.
     read = batch.needed_positions() if metric_fn in METRICS.values() else None
     scored = batch if read is None else batch.select_positions(read)
@@ -458,14 +535,6 @@ def evaluate_masks(
     def pos_mask(chunk: list[int]) -> torch.Tensor | None:
         cp = None if copy_positions is None else copy_positions[chunk].to(model.device)
         return _chunk_pos_mask(batch, len(chunk), shared_pos, cp)
-
-    values = dict(done)
-
-    def save(chunk: list[int], vals: torch.Tensor) -> None:
-        for i, v in zip(chunk, vals.tolist(), strict=True):
-            values[i] = v
-        if path:
-            _save_checkpoint(path, fp, values)
 
     engine.evaluate(
         model,
@@ -477,18 +546,75 @@ def evaluate_masks(
         read=read,
         max_rows=max_rows,
         fused=fused,
-        skip=done.keys(),
-        on_chunk=save,
+        skip=skip,
+        on_chunk=on_chunk,
         progress=progress,
         desc=desc,
     )
-    out = torch.tensor([values[i] for i in range(K)], dtype=torch.float64)
-    bad = (~torch.isfinite(out)).nonzero().flatten().tolist()
-    if bad:
-        raise MechheadsError(
-            f"the metric is not finite under {len(bad)} mask(s), first at index {bad[0]}: {out[bad[0]].item()}"
-        )
-    return out
+
+
+def _masks_unit(model: HeadModel, shared: dict, indices: list[int]) -> list[float]:
+    """A worker's unit of :func:`evaluate_masks`: the values of mask ``indices`` (whole chunks of
+    the engine's plan, so each is computed in the same forward as in a single-process run)."""
+    s = shared
+    s["ablation"].check_fits(model, s["batch"])
+    keep = set(indices)
+    out: dict[int, float] = {}
+
+    def grab(chunk: list[int], vals: torch.Tensor) -> None:
+        out.update(zip(chunk, vals.tolist(), strict=True))
+
+    _run_masks(
+        model, s["batch"], s["masks"], s["ablation"], s["metric"], s["positions"], s["copy_positions"],
+        s["max_rows"], s["fused"], skip=[i for i in range(s["masks"].shape[0]) if i not in keep], on_chunk=grab,
+    )
+    return [out[i] for i in indices]
+
+
+def _evaluate_masks_on(
+    executor, spec, fp, batch, masks, ablation, metric, positions, copy_positions, max_rows, fused,
+    path, progress, desc,
+) -> dict[int, float]:
+    """:func:`evaluate_masks`' values computed on ``executor``'s workers, unit by unit."""
+    first = engine.first_layers(masks)
+    chunks = engine.plan_chunks(first, len(batch), max_rows)
+    n_units = executor.num_workers * getattr(executor, "units_per_worker", 1)
+    units = [sum(group, []) for group in distributed.split_evenly(chunks, n_units)]
+    shared = dict(
+        batch=batch,
+        masks=masks.bool().cpu(),
+        ablation=ablation,
+        metric=metric,
+        positions=positions,
+        copy_positions=None if copy_positions is None else copy_positions.cpu(),
+        max_rows=max_rows,
+        fused=fused,
+    )
+
+    def decode(p, payload, tensors):
+        statefiles.check(p, payload, {"values": [float]})
+        return payload["values"]
+
+    results = distributed.run_units(
+        executor,
+        spec,
+        _masks_unit,
+        shared,
+        units,
+        fingerprint=distributed.fingerprint_of(fp, units),
+        encode=lambda r: ({"values": r}, {}),
+        decode=decode,
+        weights=[len(u) for u in units],
+        checkpoint=path,
+        progress=progress and getattr(executor, "progress", True),
+        desc=desc,
+    )
+    values: dict[int, float] = {}
+    for unit, vals in zip(units, results, strict=True):
+        if len(vals) != len(unit):
+            raise MechheadsError(f"a worker returned {len(vals)} values for a unit of {len(unit)} masks")
+        values.update(zip(unit, vals, strict=True))
+    return values
 
 
 def _chunk_pos_mask(batch, k, shared_pos, copy_pos):
@@ -578,7 +704,7 @@ def result_table(rows, values, baseline, method, metric, hib) -> pd.DataFrame:
 
 
 def sweep_heads(
-    model: HeadModel,
+    model: HeadModel | distributed.ModelSpec | str,
     task: Task | TokenBatch,
     ablation: Method | Ablation = "zero",
     *,
@@ -592,6 +718,7 @@ def sweep_heads(
     progress: bool = True,
     checkpoint: str | Path | None = None,
     fused: bool = True,
+    executor: distributed.Executor | None = None,
 ) -> AblationResult:
     """Ablate each head alone (or each (head, position) with ``per_position=True``) and measure.
 
@@ -604,7 +731,18 @@ def sweep_heads(
         per_position: sweep every (head, position) pair instead (position = absolute index).
         checkpoint: a file for partial results; rerunning after an interrupt resumes from it.
         fused: allow :func:`evaluate_masks`'s fused fast path.
+        executor: run the sweep on workers (e.g. ``RayExecutor(num_workers=2)``); ``model`` is
+            then a :class:`~mechheads.distributed.ModelSpec` or a zoo name (or the executor has
+            ``model=``). The table is identical to the one without an executor; ``checkpoint``
+            is then a folder with one state file per unit.
+
+    Example (scale-out)::
+
+        from mechheads.distributed import ModelSpec, RayExecutor
+        with RayExecutor(num_workers=2) as ex:
+            res = sweep_heads(ModelSpec(zoo="induction-2l"), induction_task(64), executor=ex)
     """
+    model, spec = distributed.resolve(model, executor)
     abl, batch, hib, baseline = prepare(model, task, ablation, alpha, metric, higher_is_better)
     hs = parse_heads(heads, model) if heads is not None else all_heads(model)
     single = masks_from_head_sets(model, [[h] for h in hs])
@@ -616,8 +754,10 @@ def sweep_heads(
     else:
         masks, copy_pos = single, None
         rows = [dict(layer=h.layer, head=h.head, position=-1) for h in hs]
-    values = evaluate_masks(
+    values = _evaluate_masks(
         model,
+        spec,
+        executor,
         batch,
         masks,
         abl,

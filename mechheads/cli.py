@@ -82,6 +82,13 @@ def _report_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--backend", choices=["hooked", "bridge"], default=None, help="TransformerLens backend")
     p.add_argument("--no-resume", action="store_true", help="recompute sections an earlier run finished")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="run the ablation sweeps and CHG seed groups on N local Ray workers, each loading the model once "
+        "(needs the distributed extra: pip install 'mechheads[distributed]'; default 0: in this process)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -92,6 +99,9 @@ def cmd_report(args) -> int:
 
     if args.n < 1:
         raise MechheadsError(f"--n must be at least 1, got {args.n}")
+    workers = args.workers
+    if workers < 0:
+        raise MechheadsError(f"--workers must be 0 (no workers) or more, got {workers}")
     cfg = ReportConfig(
         n=args.n,
         chg_seeds=args.seeds if args.seeds is not None else (10 if args.full else ReportConfig.chg_seeds),
@@ -113,21 +123,41 @@ def cmd_report(args) -> int:
         f"mechheads report: {zoo_name or args.pretrained} ({model.backend} backend) -> {args.out}/",
         flush=True,
     )
-    rep = build_report(
-        model,
-        task,
-        corrupted=corrupted,
-        out_dir=args.out,
-        config=cfg,
-        zoo_name=zoo_name,
-        sections=sections,
-        resume=not args.no_resume,
-        progress=not args.quiet,
-    )
+    executor = None
+    if workers:
+        import functools
+
+        from mechheads.distributed import ModelSpec, RayExecutor
+        from mechheads.model import load_pretrained
+
+        spec = (
+            ModelSpec(factory=functools.partial(load_pretrained, args.pretrained, backend=args.backend))
+            if args.pretrained
+            else ModelSpec(zoo=zoo_name, backend=args.backend)
+        )
+        executor = RayExecutor(num_workers=workers, model=spec, progress=not args.quiet)
+    try:
+        rep = build_report(
+            model,
+            task,
+            corrupted=corrupted,
+            out_dir=args.out,
+            config=cfg,
+            zoo_name=zoo_name,
+            sections=sections,
+            resume=not args.no_resume,
+            progress=not args.quiet,
+            executor=executor,
+        )
+    finally:
+        if executor is not None:
+            executor.shutdown()
     for s in rep.sections:
         print(f"  {s.title:45s} {s.seconds:7.1f} s  {len(s.tables)} tables")
     print(f"wrote {rep.html_path} and {len(rep.tables)} CSV tables in {rep.out_dir / 'tables'}")
     return 0
+
+
 
 
 def _info_options(p: argparse.ArgumentParser) -> None:

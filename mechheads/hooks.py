@@ -149,7 +149,7 @@ def gate_heads(
     for layer in range(L):
 
         def fn(z, hook, layer=layer):
-            g = gates[..., layer, :].to(z.dtype)
+            g = gates[..., layer, :].to(z.device, z.dtype)  # layers may sit on different devices
             if g.ndim == 2:
                 if g.shape[0] != z.shape[0]:
                     raise MechheadsError(

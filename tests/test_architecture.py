@@ -27,6 +27,7 @@ LAYERS = {
     "mechheads": 2,  # the package itself re-exports layers 1 and 2
     # 3: the engine
     "mechheads.engine": 3,
+    "mechheads.distributed": 3,  # fan-out on Ray: model specs, executors, units and their state files
     # 4: the methods
     "mechheads.ablation": 4,
     "mechheads.ablation_curves": 4,

@@ -19,6 +19,7 @@ from mechheads import statefiles
 from mechheads.chg.config import CHGConfig, Phase, PhaseFit
 from mechheads.chg.objectives import Objective, TaskLoss, hash_tensors, takes_forward
 from mechheads.chg.taxonomy import CHGResult
+from mechheads.distributed import Executor, ModelSpec, fingerprint_of, resolve, run_units
 from mechheads.engine.gated import GatedForward
 from mechheads.errors import MechheadsError
 from mechheads.hooks import gate_heads
@@ -282,7 +283,7 @@ def _objective(model: HeadModel, data, loss) -> Objective:
 
 
 def fit(
-    model: HeadModel,
+    model: HeadModel | ModelSpec | str,
     data: Task | TokenBatch | Objective,
     *,
     seeds: Iterable[int] = (0,),
@@ -292,12 +293,14 @@ def fit(
     seeds_per_forward: int | None = None,
     checkpoint_dir: str | Path | None = None,
     progress: bool = True,
+    executor: Executor | None = None,
 ) -> CHGResult:
     """Fit CHG for every seed at once (K gate sets × B examples per forward): phase 0, then G+
     and G− from the phase-0 logits.
 
     Args:
-        model: Any mechheads model with attention heads; its weights are not changed.
+        model: Any mechheads model with attention heads; its weights are not changed. With an
+            ``executor``, a :class:`~mechheads.distributed.ModelSpec` or a zoo name.
         data: A task (loss on its target tokens) or an objective such as :class:`RegressionLoss`.
         seeds: Seeds of the uniform random initialisation, one gate set per seed.
         config: Fitting options (:class:`CHGConfig`); the paper's defaults with λ per gate.
@@ -308,18 +311,83 @@ def fit(
             gates; on a GPU one forward for all seeds is fastest, on a CPU large batches run
             slower per row (benchmarks/RESULTS.md), so a small group can be quicker there.
         checkpoint_dir: If given, each phase checkpoints there and a rerun resumes where it stopped.
+            With an executor, each finished seed group is stored there as one state file.
         progress: Show progress bars.
+        executor: Fit the seed groups on workers (e.g. ``RayExecutor(num_workers=2)``); each group
+            is an independent fit, so the result is identical to the run without an executor with
+            the same ``seeds_per_forward`` (default with an executor: the seeds split evenly over
+            the workers). ``data`` must then be a Task or a TokenBatch (workers build the loss
+            on their own model).
 
     Returns:
         A :class:`CHGResult` (``.scores()``, ``.aggregate()``, ``.summary()``, ``.ecdf()``, ``.trajectory()``).
     """
     config = config or CHGConfig()
+    model, spec = resolve(model, executor)
     check_gateable(model)
     seeds = check_seeds(seeds)
     obj = _objective(model, data, loss)
     ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if ckdir is not None:
         ckdir.mkdir(parents=True, exist_ok=True)
+    if seeds_per_forward is None and executor is not None:
+        seeds_per_forward = -(-len(seeds) // executor.num_workers)
+    per = len(seeds) if seeds_per_forward is None else seeds_per_forward
+    if isinstance(per, bool) or not isinstance(per, int) or per < 1:
+        raise MechheadsError(f"seeds_per_forward must be None or an integer >= 1, got {seeds_per_forward!r}")
+    groups = [list(range(i, min(i + per, len(seeds)))) for i in range(0, len(seeds), per)]
+
+    if executor is not None:
+        if not isinstance(data, (Task, TokenBatch)):
+            raise MechheadsError(
+                f"with an executor, CHG data must be a Task or a TokenBatch (each worker builds the loss on its "
+                f"own model), got {type(data).__name__}"
+            )
+        shared = dict(data=data, loss=loss, config=config, data_seed=data_seed)
+        fp = fingerprint_of("chg-fit", model.name, model.cfg, obj.fingerprint(), config, data_seed, seeds, groups)
+        fits = run_units(
+            executor,
+            spec,
+            _group_unit,
+            shared,
+            [[seeds[i] for i in g] for g in groups],
+            fingerprint=fp,
+            encode=_encode_group,
+            decode=_decode_group,
+            weights=[len(g) for g in groups],
+            checkpoint=ckdir,
+            progress=progress and getattr(executor, "progress", True),
+            desc="CHG seed groups",
+        )
+    else:
+        fits = [
+            _fit_group(model, obj, [seeds[i] for i in g], config, data_seed, progress, ckdir, j)
+            for j, g in enumerate(groups)
+        ]
+    phases = {
+        phase: PhaseFit(
+            phase,
+            fits[0][phase].lam,
+            torch.cat([f[phase].logits for f in fits]),
+            torch.cat([f[phase].trajectory for f in fits], 1),
+            torch.cat([f[phase].losses for f in fits], 1),
+        )
+        for phase in ("zero", "plus", "minus")
+    }
+    return CHGResult(model.cfg.n_layers, model.cfg.n_heads, seeds, config, phases)
+
+
+def _fit_group(
+    model: HeadModel,
+    obj: Objective,
+    seeds: list[int],
+    config: CHGConfig,
+    data_seed: int,
+    progress: bool,
+    ckdir: Path | None = None,
+    j: int = 0,
+) -> dict[str, PhaseFit]:
+    """The three phases for one group of seeds (fitted together in one forward)."""
     common = dict(
         batch_size=config.batch_size,
         seed=data_seed,
@@ -327,38 +395,55 @@ def fit(
         grad_clip=config.grad_clip,
         progress=progress,
     )
-    per = len(seeds) if seeds_per_forward is None else seeds_per_forward
-    if not isinstance(per, int) or per < 1:
-        raise MechheadsError(f"seeds_per_forward must be None or an integer >= 1, got {seeds_per_forward!r}")
-    groups = [list(range(i, min(i + per, len(seeds)))) for i in range(0, len(seeds), per)]
 
     def run(phase: str, lam: float, starts: torch.Tensor, n: int, lr) -> PhaseFit:
-        fits = [
-            fit_phase(
-                model,
-                obj,
-                starts[g],
-                phase=phase,
-                lam=lam,
-                n_updates=n,
-                lr=lr,  # type: ignore[arg-type]
-                checkpoint=ckdir / f"{phase}-{j}.json" if ckdir else None,
-                **common,
-            )
-            for j, g in enumerate(groups)
-        ]
-        return PhaseFit(
-            phase,
-            lam,
-            torch.cat([f.logits for f in fits]),
-            torch.cat([f.trajectory for f in fits], 1),
-            torch.cat([f.losses for f in fits], 1),
+        return fit_phase(
+            model,
+            obj,
+            starts,
+            phase=phase,
+            lam=lam,
+            n_updates=n,
+            lr=lr,  # type: ignore[arg-type]
+            checkpoint=ckdir / f"{phase}-{j}.json" if ckdir else None,
+            **common,
         )
 
-    phases = {"zero": run("zero", 0.0, init_logits(model, seeds), config.n_updates, config.lr_fit)}
+    out = {"zero": run("zero", 0.0, init_logits(model, seeds), config.n_updates, config.lr_fit)}
     for phase, lam in (("plus", config.lam), ("minus", -config.lam)):
-        phases[phase] = run(phase, lam, phases["zero"].logits, config.reg_updates, config.lr_reg)
-    return CHGResult(model.cfg.n_layers, model.cfg.n_heads, seeds, config, phases)
+        out[phase] = run(phase, lam, out["zero"].logits, config.reg_updates, config.lr_reg)
+    return out
+
+
+def _group_unit(model: HeadModel, shared: dict, seeds: list[int]) -> dict[str, PhaseFit]:
+    """A worker's unit of :func:`fit`: one seed group, on the worker's own model."""
+    check_gateable(model)
+    obj = _objective(model, shared["data"], shared["loss"])
+    fits = _fit_group(model, obj, seeds, shared["config"], shared["data_seed"], progress=False)
+    return {p: PhaseFit(f.phase, f.lam, f.logits.cpu(), f.trajectory, f.losses) for p, f in fits.items()}
+
+
+def _encode_group(fits: dict[str, PhaseFit]) -> tuple[dict, dict[str, torch.Tensor]]:
+    payload = {p: {"lam": float(f.lam)} for p, f in fits.items()}
+    tensors = {
+        f"{p}.{name}": getattr(f, name) for p, f in fits.items() for name in ("logits", "trajectory", "losses")
+    }
+    return payload, tensors
+
+
+def _decode_group(path: Path, payload: dict, tensors: dict[str, torch.Tensor]) -> dict[str, PhaseFit]:
+    phases = ("zero", "plus", "minus")
+    statefiles.check(path, payload, {p: {"lam": float} for p in phases})
+    want = {f"{p}.{name}" for p in phases for name in ("logits", "trajectory", "losses")}
+    if set(tensors) != want:
+        raise state_error(path, f"has the tensors {sorted(tensors)}, expected {sorted(want)}")
+    for name, t in tensors.items():
+        if not torch.isfinite(t).all():
+            raise state_error(path, f"has non-finite values in tensor {name!r}")
+    return {
+        p: PhaseFit(p, payload[p]["lam"], tensors[f"{p}.logits"], tensors[f"{p}.trajectory"], tensors[f"{p}.losses"])
+        for p in phases
+    }
 
 
 __all__ = ["check_gateable", "check_seeds", "fit", "fit_phase", "init_logits"]

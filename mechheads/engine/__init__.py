@@ -3,6 +3,7 @@
 * :func:`evaluate` — K head masks × a batch, in copies of the batch per forward, with prefix
   reuse, read positions, the fused tail and resumable chunks; :func:`evaluate_naive` is its
   one-forward-per-mask reference.
+* :func:`plan_chunks` — the chunks :func:`evaluate` runs (what :mod:`mechheads.distributed` splits).
 * :func:`masked_hooks` / :func:`masked_edits` — the ``hook_z`` edits a chunk of masks applies.
 * :func:`fused_tail` / :class:`FusedTail` — the fused fast path, declined where it cannot prove
   it reproduces the model (:mod:`mechheads.engine.hf_tail` builds it over Hugging Face models).
@@ -22,6 +23,7 @@ from mechheads.engine.core import (
     first_layers,
     masked_edits,
     masked_hooks,
+    plan_chunks,
 )
 from mechheads.engine.fused import FusedTail, fused_tail
 from mechheads.engine.gated import GatedForward
@@ -38,4 +40,5 @@ __all__ = [
     "fused_tail",
     "masked_edits",
     "masked_hooks",
+    "plan_chunks",
 ]

@@ -76,10 +76,11 @@ def masked_edits(
         rows = sel.repeat_interleave(batch_size, 0)  # [rows, head]
 
         def fn(z, positions=None, layer=layer, rows=rows):
-            m = rows[:, None, :, None]
+            # z sits on its layer's device (a model spread over devices by a device_map)
+            m = rows.to(z.device)[:, None, :, None]
             if pos_mask is not None:
-                pm = pos_mask[:, : z.shape[1]] if positions is None else pos_mask[:, positions]
-                m = m & pm[:, :, None, None]
+                pm = pos_mask[:, : z.shape[1]] if positions is None else pos_mask[:, positions.to(pos_mask.device)]
+                m = m & pm.to(z.device)[:, :, None, None]
             return torch.where(m, values.new_z(layer, z, k, positions), z)
 
         edits[layer] = fn
@@ -100,6 +101,28 @@ def masked_hooks(
         (hook_z(layer), lambda z, hook, fn=fn: fn(z))
         for layer, fn in masked_edits(model, values, masks, batch_size, pos_mask).items()
     ]
+
+
+def plan_chunks(
+    first: list[int], batch_size: int, max_rows: int, skip: Collection[int] = ()
+) -> list[list[int]]:
+    """The chunks :func:`evaluate` runs, in order: mask indices grouped by their first intervened
+    layer (``first``, from :func:`first_layers`), at most ``max_rows // batch_size`` (at least 1)
+    per chunk, indices in ``skip`` left out.
+
+    Chunks never straddle start layers: a mask mixed into an earlier-starting chunk would rerun
+    layers that prefix reuse lets it skip. Leaving out whole chunks of the full plan leaves the
+    other chunks as they were (every chunk but the last of a group is full), so a subset of the
+    masks made of whole chunks is evaluated in exactly the forwards the full run uses for them:
+    this is how :mod:`mechheads.distributed` splits a run without changing a single value.
+    """
+    per_chunk = max(1, max_rows // batch_size)
+    skip = set(skip)
+    chunks: list[list[int]] = []
+    for start in sorted(set(first)):
+        group = [i for i, f in enumerate(first) if f == start and i not in skip]
+        chunks += [group[j : j + per_chunk] for j in range(0, len(group), per_chunk)]
+    return chunks
 
 
 def evaluate(
@@ -144,14 +167,8 @@ def evaluate(
     tokens = tokens.to(model.device)
     K, B = masks.shape[0], tokens.shape[0]
     first = first_layers(masks)
-    # Chunks never straddle start layers: a mask mixed into an earlier-starting chunk would rerun
-    # layers that prefix reuse lets it skip.
-    per_chunk = max(1, max_rows // B)
     skip = set(skip)
-    chunks = []
-    for start in sorted(set(first)):
-        group = [i for i in range(K) if first[i] == start and i not in skip]
-        chunks += [group[j : j + per_chunk] for j in range(0, len(group), per_chunk)]
+    chunks = plan_chunks(first, B, max_rows, skip)
 
     tail, clean, resid = None, None, None
     if fused and chunks and model.n_attached_hooks() == 0:
@@ -222,9 +239,9 @@ def _run_chunk(
     k, B = masks.shape[0], tokens.shape[0]
     L = model.cfg.n_layers
     if tail is not None and start >= L:  # clean masks: the clean run's logits
-        logits = clean if read is None else clean[:, read]
+        logits = clean if read is None else clean[:, read.to(clean.device)]
         with torch.inference_mode():
-            return score(logits.repeat(k, 1, 1), k)
+            return score(logits.to(tokens.device).repeat(k, 1, 1), k)
     if tail is not None:
         edits = masked_edits(model, values, masks, B, pos_mask)
 
@@ -237,14 +254,14 @@ def _run_chunk(
         z = resid[hook_z(start)][:, p:].repeat(k, 1, 1, 1)
         with torch.inference_mode():
             logits = tail.run(r, start, edit, z, read, from_pos=p, clean_kv=clean_kv)
-            return score(logits, k)
+            return score(logits.to(tokens.device), k)
     hooks = masked_hooks(model, values, masks, B, pos_mask)
     r = None
     if resid is not None and 0 < start < L:
         r = resid[hook_resid_pre(start)].repeat(k, 1, 1)
     with torch.inference_mode(), model.hooks(hooks):
         logits = model.forward_from(tokens.repeat(k, 1), start, r, positions=read)
-        return score(logits, k)
+        return score(logits.to(tokens.device), k)
 
 
 def kv_start(pos_mask: torch.Tensor | None, read: torch.Tensor | None) -> int:
@@ -302,4 +319,5 @@ __all__ = [
     "first_layers",
     "masked_edits",
     "masked_hooks",
+    "plan_chunks",
 ]

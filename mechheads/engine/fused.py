@@ -167,15 +167,18 @@ class FusedTail:
         self.act: Callable[[torch.Tensor], torch.Tensor] = act or torch.nn.functional.relu
         self.attn_softcap, self.logit_softcap = attn_softcap, logit_softcap
 
-    def _rope(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """Rotary embedding of x [N, q, head, d_head] at absolute positions ``pos`` [q]."""
+    def _rope(self, x: torch.Tensor, pos: torch.Tensor, end: int) -> torch.Tensor:
+        """Rotary embedding of x [N, q, head, d_head] at absolute positions ``pos`` [q], all below
+        ``end`` (known to the caller, so the tables are grown without reading ``pos`` back from
+        its device)."""
         cos, sin, adjacent = self.rotary
-        need = int(pos.max()) + 1 if len(pos) else 0
+        need = end if len(pos) else 0
         if need > cos.shape[0] and self.rope_tables is not None:
             cos, sin = self.rope_tables(max(need, 2 * cos.shape[0]))
             self.rotary = (cos, sin, adjacent)
         rd = cos.shape[-1]
-        c, s = cos[pos][:, None, :].to(x.dtype), sin[pos][:, None, :].to(x.dtype)
+        pos = pos.to(x.device)  # the tables may sit on another layer's device
+        c, s = (t.to(x.device)[pos][:, None, :].to(x.dtype) for t in (cos, sin))
         xr, xp = x[..., :rd], x[..., rd:]
         if adjacent:
             rot = torch.stack((-xr[..., 1::2], xr[..., 0::2]), -1).flatten(-2)
@@ -184,7 +187,7 @@ class FusedTail:
         out = xr * c + rot * s
         return torch.cat((out, xp), -1) if xp.shape[-1] else out
 
-    def _keys_values(self, layer: _TailLayer, h: torch.Tensor, pos: torch.Tensor):
+    def _keys_values(self, layer: _TailLayer, h: torch.Tensor, pos: torch.Tensor, end: int):
         """Rotated keys and values [N, T, head, d_head] of the normalised input ``h`` at
         positions ``pos`` (grouped-query heads repeated to one per query head)."""
         N, T, _ = h.shape
@@ -192,7 +195,7 @@ class FusedTail:
         kv = torch.nn.functional.linear(h, layer.w_qkv[:, qd:].T, layer.b_qkv[qd:])
         k, v = kv.view(N, T, 2, kvh, dh).unbind(2)
         if self.rotary is not None:
-            k = self._rope(k, pos)
+            k = self._rope(k, pos, end)
         if kvh != self.n_heads:
             rep = self.n_heads // kvh
             k, v = k.repeat_interleave(rep, 2), v.repeat_interleave(rep, 2)
@@ -218,8 +221,8 @@ class FusedTail:
         hq = h if q_pos is None else h[:, q_pos - offset]
         q = torch.nn.functional.linear(hq, layer.w_qkv[:, :qd].T, layer.b_qkv[:qd]).view(N, len(qp), H, dh)
         if self.rotary is not None:
-            q = self._rope(q, qp)
-        k, v = self._keys_values(layer, h, own)
+            q = self._rope(q, qp, offset + Th)
+        k, v = self._keys_values(layer, h, own, offset + Th)
         qh = q.transpose(1, 2)  # [N, H, q, dh]
         scores = torch.matmul(qh, k.permute(0, 2, 3, 1))  # [N, H, q, Th]
         keys = own
@@ -263,7 +266,10 @@ class FusedTail:
         out = {}
         for li, r in resid_pre.items():
             p = self.layers[li]
-            out[li] = self._keys_values(p, _apply(p.ln1, r), torch.arange(r.shape[1], device=r.device))
+            r = r.to(p.w_qkv.device)
+            out[li] = self._keys_values(
+                p, _apply(p.ln1, r), torch.arange(r.shape[1], device=r.device), r.shape[1]
+            )
         return out
 
     def run(
@@ -309,9 +315,12 @@ class FusedTail:
         span = torch.arange(from_pos, t, device=x.device) if from_pos else None
         for li in range(layer, L):
             p = self.layers[li]
-            read = positions if li == L - 1 else None
+            # each layer computes where its weights are (a model spread over devices)
+            x = x.to(p.w_qkv.device)
+            span = None if span is None else span.to(x.device)
+            read = positions.to(x.device) if (li == L - 1 and positions is not None) else None
             if li == layer and z is not None:
-                zl = z if read is None else z[:, read - from_pos]
+                zl = (z if read is None else z[:, read - from_pos]).to(x.device)
             else:
                 prefix = clean_kv[li] if from_pos else None
                 zl = self._attention(p, _apply(p.ln1, x), read, from_pos, prefix)
@@ -327,7 +336,7 @@ class FusedTail:
             else:
                 x = x + attn
                 x = x + self._mlp(p, _apply(p.ln2, x))
-        out = _apply(self.final_ln, x) @ self.w_u
+        out = _apply(self.final_ln, x.to(self.w_u.device)) @ self.w_u
         if self.b_u is not None:
             out = out + self.b_u
         if self.logit_softcap:

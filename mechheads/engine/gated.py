@@ -61,7 +61,7 @@ class GatedForward:
             resid = m.activation(tokens, hook_resid_pre(0))
 
         def edit(layer: int, z: torch.Tensor, pos) -> torch.Tensor:
-            return z * gates[:, layer].to(z.dtype)[:, None, :, None]
+            return z * gates[:, layer].to(z.device, z.dtype)[:, None, :, None]
 
         return self.tail.run(resid, 0, edit, None, None if positions is None else positions.to(resid.device))
 

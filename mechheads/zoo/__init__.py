@@ -77,11 +77,28 @@ def load_tokenizer(name: str) -> WordTokenizer:
 
 def load(name: str = DEFAULT_MODEL, *, backend: str | None = None) -> HeadModel:
     """Load a zoo model on ``backend`` (``"hooked"`` or ``"bridge"``; default: the installed one)."""
-    folder = model_dir(name)
-    cfg = ArchConfig.from_dict(load_config(name)["arch"])
+    return load_folder(model_dir(name), backend=backend, name=name)
+
+
+def load_folder(folder: str | Path, *, backend: str | None = None, name: str = "") -> HeadModel:
+    """Load a model saved in the zoo's layout (``config.json`` with an ``"arch"`` entry,
+    ``model.safetensors``, optionally ``tokenizer.json``) from any folder."""
+    folder = Path(folder)
+    try:
+        config = json.loads((folder / "config.json").read_text())
+        arch = config["arch"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise MechheadsError(
+            f"{str(folder)!r} is not a model folder in the zoo's layout (config.json with an 'arch' entry, "
+            f"model.safetensors, optionally tokenizer.json): {type(e).__name__}: {e}"
+        ) from None
+    if not (folder / "model.safetensors").exists():
+        raise MechheadsError(f"model folder {str(folder)!r} has no model.safetensors")
+    cfg = ArchConfig.from_dict(arch)
     state = load_file(folder / "model.safetensors")
-    tokenizer = load_tokenizer(name) if (folder / "tokenizer.json").exists() else None
-    return build_model(cfg, state, backend=backend, tokenizer=tokenizer, name=name)
+    tok = folder / "tokenizer.json"
+    tokenizer = WordTokenizer.load(tok) if tok.exists() else None
+    return build_model(cfg, state, backend=backend, tokenizer=tokenizer, name=name or folder.name)
 
 
 def card(name: str) -> str:
@@ -101,6 +118,7 @@ __all__ = [
     "list_models",
     "load",
     "load_config",
+    "load_folder",
     "load_tokenizer",
     "model_dir",
 ]
