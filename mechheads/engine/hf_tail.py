@@ -134,6 +134,28 @@ def _rope_tables(rotary_emb, like: torch.Tensor):
     return tables
 
 
+def _rotary_tail(
+    cls, hf, layers, final_norm, tables, n_heads: int, d_head: int, adjacent: bool = False, **kw
+):
+    """The tail of a rotary family from its layers, final norm and rotary tables (None: declined)."""
+    if tables is None:
+        return None
+    cos, sin = tables(64)
+    w_u, b_u = _linear(hf.get_output_embeddings())
+    return cls(
+        layers,
+        _ln(final_norm),
+        w_u,
+        b_u,
+        (cos, sin, adjacent),
+        True,
+        n_heads,
+        d_head,
+        rope_tables=tables,
+        **kw,
+    )
+
+
 def _gpt2(cls, hf):
     from mechheads.engine.fused import _TailLayer
 
@@ -206,23 +228,9 @@ def _gpt_neox(cls, hf):
                 parallel=bool(c.use_parallel_residual),
             )
         )
-    tables = _rope_tables(base.rotary_emb, layers[0].w_o)
-    if tables is None:
-        return None
-    cos, sin = tables(min(int(c.max_position_embeddings), 64))
-    w_u, b_u = _linear(hf.get_output_embeddings())
     act = _act(_orig(_orig(base.layers[0]).mlp).act)
-    return cls(
-        layers,
-        _ln(base.final_layer_norm),
-        w_u,
-        b_u,
-        (cos, sin, False),
-        True,
-        H,
-        dh,
-        act=act,
-        rope_tables=tables,
+    return _rotary_tail(
+        cls, hf, layers, base.final_layer_norm, _rope_tables(base.rotary_emb, layers[0].w_o), H, dh, act=act
     )
 
 
@@ -282,26 +290,18 @@ def _llama_like(cls, hf, kind: str):
                 window=None if window is None else int(window),
             )
         )
-    tables = _rope_tables(base.rotary_emb, layers[0].w_o)
-    if tables is None:
-        return None
-    cos, sin = tables(min(int(c.max_position_embeddings), 64))
-    w_u, b_u = _linear(hf.get_output_embeddings())
-    act = _act(_orig(_orig(base.layers[0]).mlp).act_fn)
-    return cls(
+    return _rotary_tail(
+        cls,
+        hf,
         layers,
-        _ln(base.norm),
-        w_u,
-        b_u,
-        (cos, sin, False),
-        True,
+        base.norm,
+        _rope_tables(base.rotary_emb, layers[0].w_o),
         H,
         int(_orig(_orig(base.layers[0]).self_attn).head_dim),
         n_kv_heads=kvh,
-        act=act,
+        act=_act(_orig(_orig(base.layers[0]).mlp).act_fn),
         attn_softcap=None if softcap is None else float(softcap),
         logit_softcap=getattr(c, "final_logit_softcapping", None),
-        rope_tables=tables,
     )
 
 
@@ -360,13 +360,9 @@ def _parallel_one_norm(cls, hf, kind: str):
         tables, adjacent = _rope_tables(rot, like), False
         if tables is None:
             return None
-    cos, sin = tables(min(int(c.max_position_embeddings if kind == "phi" else c.n_positions), 64))
     act = _act(mlp.act if kind == "gptj" else mlp.activation_fn)
-    w_u, b_u = _linear(hf.get_output_embeddings())
-    final = _ln(base.ln_f if kind == "gptj" else base.final_layernorm)
-    return cls(
-        layers, final, w_u, b_u, (cos, sin, adjacent), True, H, int(a.head_dim), act=act, rope_tables=tables
-    )
+    final = base.ln_f if kind == "gptj" else base.final_layernorm
+    return _rotary_tail(cls, hf, layers, final, tables, H, int(a.head_dim), adjacent=adjacent, act=act)
 
 
 __all__ = ["is_hf_bridge", "tail_from_hf"]
