@@ -41,6 +41,7 @@ from mechheads.hooks import gate_heads
 from mechheads.model import HeadModel, hook_pattern, hook_resid_pre, hook_z
 from mechheads.tasks.core import Task, TokenBatch, as_batch
 from mechheads.tasks.metrics import METRICS, Metric, get_metric, metric_values, orientation
+from mechheads.tasks.positions import role_mask
 
 
 def _head_frame(model: HeadModel, values: torch.Tensor, column: str) -> pd.DataFrame:
@@ -311,19 +312,12 @@ def rank_agreement(
 
 
 # ----- attention rollout ---------------------------------------------------------------------------
-ReadPositions = Literal["targets", "answer"]
+ReadPositions = Literal["targets", "last", "answer"]  # roles of mechheads.tasks.positions
 
 
 def _read_mask(batch: TokenBatch, read: ReadPositions) -> torch.Tensor:
     """[batch, pos] float weights: 1 / (number of read positions of the prompt) at each read position."""
-    if read == "targets":
-        m = batch.target_mask.clone()
-    elif read == "answer":
-        m = torch.zeros_like(batch.target_mask)
-        m[torch.arange(len(batch), device=m.device), batch.answer_pos] = True
-    else:
-        raise MechheadsError(f"read must be 'targets' or 'answer', got {read!r}")
-    m[torch.arange(len(batch), device=m.device), batch.answer_pos] = True
+    m = role_mask(batch, read, ("targets", "last"), what="read")
     m = m.float()
     return m / m.sum(-1, keepdim=True)
 
@@ -358,7 +352,8 @@ def rollout_scores(
     and ``R^{−h}``. The score is the total-variation distance between the rollout rows with and
     without the head, ``½ Σ_k |R[q, k] − R^{−h}[q, k]|`` in [0, 1], averaged over the positions
     a metric reads (``read="targets"``: every position that predicts a target token, the answer
-    position included; ``"answer"``: the answer position only) within a prompt, then over
+    position included; ``"last"`` (synonym ``"answer"``): the answer position only; roles of
+    :mod:`mechheads.tasks.positions`) within a prompt, then over
     prompts. It measures how much of the input-token flow reaching the read positions the head
     redirects; like rollout itself it sees attention weights only (not values, ``W_O`` or MLPs),
     so a head attending to its own position scores about 0 however much its output matters.

@@ -58,19 +58,12 @@ from mechheads.hooks import position_mask, replace_heads
 from mechheads.model import HeadModel, hook_z
 from mechheads.tasks.core import Task, TokenBatch
 from mechheads.tasks.metrics import METRICS
+from mechheads.tasks.positions import ROLES as POSITION_ROLES
+from mechheads.tasks.positions import Positions, role_positions
 
 FIRST_TOKEN_METRICS = ("prob", "first_logprob", "logit_diff", "accuracy")
-ROLES = ("last", "first", "prompt", "all")
-
-PositionSpec = (
-    None
-    | str
-    | int
-    | Sequence[int]
-    | Sequence[Sequence[int]]
-    | torch.Tensor
-    | Callable[[TokenBatch], Sequence[Sequence[int]]]
-)
+ROLES = POSITION_ROLES  # the named roles of mechheads.tasks.positions
+PositionSpec = Positions  # one vocabulary: mechheads.tasks.positions
 Source = Task | TokenBatch | torch.Tensor
 ItemMetric = Callable[[torch.Tensor, TokenBatch], torch.Tensor]
 
@@ -84,8 +77,9 @@ def is_role(spec: PositionSpec) -> bool:
 def resolve_positions(batch: TokenBatch, spec: PositionSpec) -> list[list[int]]:
     """The positions ``spec`` selects in each prompt of ``batch``, as per-prompt sorted lists.
 
-    Roles: ``"last"`` the last prompt token (where the first answer token is predicted),
-    ``"first"`` position 0, ``"prompt"`` every prompt token, ``"all"`` every non-padding token.
+    Roles (:mod:`mechheads.tasks.positions`): ``"last"`` the last prompt token (where the first
+    answer token is predicted), ``"first"`` position 0, ``"prompt"`` every prompt token, ``"all"``
+    every non-padding token, ``"targets"`` every position that predicts a target token.
     Index-based specs are checked against each prompt's own length (padding is out of range).
 
     Example:
@@ -94,19 +88,16 @@ def resolve_positions(batch: TokenBatch, spec: PositionSpec) -> list[list[int]]:
     """
     B, T = batch.tokens.shape
     lengths = batch.lengths.tolist()
-    if spec is None or (isinstance(spec, str) and spec == "all"):
-        return [list(range(n)) for n in lengths]
+    if spec is None:
+        spec = "all"
     if isinstance(spec, str):
-        if spec == "last":
-            return [[int(p)] for p in batch.answer_pos.tolist()]
-        if spec == "first":
-            return [[0] for _ in range(B)]
-        if spec == "prompt":
-            return [list(range(int(n))) for n in batch.prompt_lengths.tolist()]
-        raise MechheadsError(
-            f"unknown position role {spec!r}; valid roles: {list(ROLES)}, or pass indices, per-prompt lists, "
-            "a [batch] / bool [batch, pos] tensor, or a callable batch -> per-prompt lists"
-        )
+        try:
+            return role_positions(batch, spec)
+        except MechheadsError as e:
+            raise MechheadsError(
+                f"{e}, or pass indices, per-prompt lists, a [batch] / bool [batch, pos] tensor, or a "
+                "callable batch -> per-prompt lists"
+            ) from None
     if callable(spec):
         out = spec(batch)
         if not isinstance(out, Sequence) or len(out) != B:

@@ -58,9 +58,10 @@ from mechheads.model import HeadModel, hook_z
 from mechheads.tasks import words
 from mechheads.tasks.core import Task, TokenBatch
 from mechheads.tasks.metrics import METRICS, Metric, get_metric
+from mechheads.tasks.positions import role_mask
 
-PositionMode = Literal["valid", "prompt", "answer"]
-POSITION_MODES = ("valid", "prompt", "answer")
+PositionMode = Literal["all", "prompt", "last", "valid", "answer"]  # roles of mechheads.tasks.positions
+POSITION_MODES = ("all", "prompt", "last")
 
 # Token categories of the zoo's word-level vocabulary (every entry is one token).
 WORD_CONCEPTS: dict[str, list[str]] = {
@@ -93,15 +94,7 @@ def _as_batch(model: HeadModel, data: Task | TokenBatch | torch.Tensor) -> Token
 
 def _row_mask(batch: TokenBatch, positions: PositionMode) -> torch.Tensor:
     """Boolean [batch, pos]: the positions whose head outputs are collected."""
-    if positions not in POSITION_MODES:
-        raise MechheadsError(f"positions must be one of {list(POSITION_MODES)}, got {positions!r}")
-    T = batch.tokens.shape[1]
-    ar = torch.arange(T, device=batch.tokens.device)[None]
-    if positions == "valid":
-        return ar < batch.lengths[:, None]
-    if positions == "prompt":
-        return ar < batch.prompt_lengths[:, None]
-    return ar == batch.answer_pos[:, None]
+    return role_mask(batch, positions, POSITION_MODES, what="positions")
 
 
 @torch.no_grad()
@@ -109,7 +102,7 @@ def head_writes(
     model: HeadModel,
     data: Task | TokenBatch | torch.Tensor,
     *,
-    positions: PositionMode = "valid",
+    positions: PositionMode = "all",
     per_token: bool = False,
     center: bool = True,
     batch_size: int = 32,
@@ -119,9 +112,10 @@ def head_writes(
 
     Args:
         data: a Task, a TokenBatch, or a [batch, pos] token tensor (every position valid).
-        positions: which positions count: ``"valid"`` (every non-padding position), ``"prompt"``
-            (the prompt, without the target tokens) or ``"answer"`` (the position predicting the
-            first target token).
+        positions: which positions count, as roles of :mod:`mechheads.tasks.positions`: ``"all"``
+            (every non-padding position; synonym ``"valid"``), ``"prompt"`` (the prompt, without
+            the target tokens) or ``"last"`` (the position predicting the first target token;
+            synonym ``"answer"``).
         per_token: one row per selected position instead of their mean per prompt.
         center: subtract the mean row (per head), as SOMP labelling expects.
 
@@ -509,7 +503,7 @@ def head_pursuit(
     k: int = 8,
     dictionary: Dictionary | torch.Tensor | None = None,
     writes: torch.Tensor | None = None,
-    positions: PositionMode = "valid",
+    positions: PositionMode = "all",
     per_token: bool = False,
     batch_size: int = 32,
     progress: bool = True,
@@ -591,7 +585,7 @@ def concept_scores(
     n_top_tokens: int = 5,
     n_random: int = 0,
     seed: int = 0,
-    positions: PositionMode = "valid",
+    positions: PositionMode = "all",
     per_token: bool = False,
     batch_size: int = 32,
     progress: bool = True,

@@ -343,7 +343,7 @@ def test_non_finite_alpha_raises(tiny_tok, alpha):
 
 def test_other_bad_input_raises(tiny_tok):
     with pytest.raises(MechheadsError, match="positions must be one of"):
-        head_writes(tiny_tok, _task(), positions="all", progress=False)
+        head_writes(tiny_tok, _task(), positions="everywhere", progress=False)
     with pytest.raises(MechheadsError, match="at least two rows"):
         head_writes(tiny_tok, _task(1), progress=False)
     with pytest.raises(MechheadsError, match="exceed the context"):
