@@ -27,7 +27,7 @@ from mechheads.arch import ReferenceTransformer
 from mechheads.errors import MechheadsError
 from mechheads.statefiles import save_tensors, write_text
 from mechheads.tasks import generators as gen
-from mechheads.tasks.words import vocabulary
+from mechheads.tasks.words import fv_vocabulary, vocabulary
 from mechheads.tokenizer import WordTokenizer
 from mechheads.zoo import ZOO_DIR
 from mechheads.zoo.specs import SPECS, VISION_SPECS, VisionSpec, ZooSpec
@@ -44,6 +44,12 @@ def sample_segments(rng: random.Random, kind: str, n_ctx: int) -> gen.Segments:
         return gen.aba_segments(rng, rng.randint(2, 4), "mixed", True)[0]
     if kind == "ioi":
         return gen.ioi_segments(rng)[0]
+    if kind == "fv-icl":
+        # 10 demonstrations and every answer supervised: one row trains every shot count from 0
+        # (the first answer follows exactly the zero-shot prompt) to 10, and a batch has no padding.
+        return gen.fv_segments(rng, rng.choice(gen.FV_TASK_NAMES), 10, True)[0]
+    if kind == "fv-zero-shot":  # Q: x\nA: y for a task drawn uniformly: the zero-shot prior
+        return gen.fv_segments(rng, rng.choice(gen.FV_TASK_NAMES), 0, True)[0]
     if kind == "induction":
         n = rng.randint(4, min(20, (n_ctx - 2) // 2))
         room = n_ctx - 1 - 2 * n
@@ -51,7 +57,18 @@ def sample_segments(rng: random.Random, kind: str, n_ctx: int) -> gen.Segments:
         return gen.induction_segments(
             rng, n, prefix_len=prefix, gap_len=rng.randint(0, min(10, room - prefix))
         )[0]
-    raise MechheadsError(f"unknown data kind {kind!r}; valid: icl, instruction, aba, ioi, induction")
+    raise MechheadsError(f"unknown data kind {kind!r}; valid: {list(DATA_KINDS)}")
+
+
+DATA_KINDS = ("icl", "instruction", "aba", "ioi", "induction", "fv-icl", "fv-zero-shot")
+VOCABULARIES = {"shared": vocabulary, "fv": fv_vocabulary}
+
+
+def spec_vocabulary(spec: ZooSpec) -> list[str]:
+    """The word list of a zoo model's tokenizer (``spec.vocabulary``: "shared" or "fv")."""
+    if spec.vocabulary not in VOCABULARIES:
+        raise MechheadsError(f"unknown vocabulary {spec.vocabulary!r}; valid: {sorted(VOCABULARIES)}")
+    return VOCABULARIES[spec.vocabulary]()
 
 
 def encode_segments(tok: WordTokenizer, segments: gen.Segments) -> tuple[list[int], list[bool]]:
@@ -84,7 +101,7 @@ def train_reference(spec: ZooSpec, steps: int | None = None, seed: int | None = 
     steps = spec.steps if steps is None else steps
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    tok = WordTokenizer(vocabulary())
+    tok = WordTokenizer(spec_vocabulary(spec))
     cfg = spec.arch_config(tok.vocab_size)
     model = ReferenceTransformer(cfg, seed=seed)
     opt = torch.optim.AdamW(
@@ -285,11 +302,14 @@ def _main_vision(spec: VisionSpec, args, cmd: str) -> int:
 
 
 __all__ = [
+    "DATA_KINDS",
+    "VOCABULARIES",
     "encode_segments",
     "main",
     "sample_segments",
     "save_checkpoint",
     "save_vision_checkpoint",
+    "spec_vocabulary",
     "train_reference",
     "train_vision_reference",
     "training_batch",
