@@ -47,7 +47,7 @@ def test_the_query_alone_cannot_tell_the_task():
 def test_bad_fv_arguments_are_clear_errors():
     with pytest.raises(MechheadsError, match="unknown function-vector task 'antonym'"):
         fv_task("antonym")
-    with pytest.raises(MechheadsError, match="n_shots must be an integer in 0..15"):
+    with pytest.raises(MechheadsError, match="n_shots must be an integer in 0..23"):
         fv_task("code-a", n_shots=40)
     with pytest.raises(MechheadsError, match="n must be"):
         fv_task("code-a", n=0)

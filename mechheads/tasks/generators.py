@@ -132,7 +132,7 @@ def _check_fv_task(name: str) -> dict[str, str]:
 
 
 def fv_segments(
-    rng: random.Random, name: str, n_shots: int = 10, supervise_demos: bool = False
+    rng: random.Random, name: str, n_shots: int = 10, supervise_demos: bool = False, instruction: bool = False
 ) -> tuple[Segments, dict]:
     """``Q: x\nA: y\n\n`` × ``n_shots`` then ``Q: xq\nA:`` → `` yq`` for one of the tasks of
     :data:`FV_TASK_NAMES` (distinct words; ``n_shots = 0`` is the zero-shot prompt).
@@ -140,17 +140,19 @@ def fv_segments(
     With ``supervise_demos`` every demonstration's answer is supervised, the first one included:
     what follows ``Q: x\nA:`` with nothing before it is exactly the zero-shot prompt, whose best
     answer, with the task drawn uniformly, is the uniform mixture of the tasks' answers.
+    With ``instruction`` the prompt starts with a line naming the task (``Use code a .``).
     """
     mapping = _check_fv_task(name)
     if not isinstance(n_shots, int) or not 0 <= n_shots < len(mapping):
         raise MechheadsError(f"n_shots must be an integer in 0..{len(mapping) - 1} (distinct words), got {n_shots!r}")
     keys = rng.sample(words.FV_WORDS, n_shots + 1)
-    segs: Segments = []
+    segs: Segments = [(words.FV_INSTRUCTIONS[name] + "\n", False)] if instruction else []
     for x in keys[:-1]:
         segs += [(f"Q: {x}\nA:", False), (f" {mapping[x]}", supervise_demos), ("\n\n", False)]
     q = keys[-1]
     segs += [(f"Q: {q}\nA:", False), (f" {mapping[q]}", True)]
-    return segs, {"task": name, "format": "icl", "query": q, "answer": mapping[q], "demos": keys[:-1]}
+    fmt = "instruction" if instruction else "icl"
+    return segs, {"task": name, "format": fmt, "query": q, "answer": mapping[q], "demos": keys[:-1]}
 
 
 def fv_task(name: str, *, n: int = 100, n_shots: int = 10, seed: int = 0) -> Task:

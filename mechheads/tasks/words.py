@@ -113,9 +113,11 @@ def vocabulary() -> list[str]:
 # give a word the same image. A query, or an output seen on its own, says nothing about the task;
 # only an input-output pair does. The mappings are invented (drawn once from a fixed seed), not
 # facts about the words.
-FV_WORDS: list[str] = sorted(_CAPITALIZE_WORDS[:16])
+FV_WORDS: list[str] = sorted(_CAPITALIZE_WORDS[:24])
 FV_TASK_NAMES: tuple[str, ...] = ("code-a", "code-b", "code-c", "code-d", "code-e", "code-f")
 FV_MAPPING_SEED = "mechheads-fv-mappings-v1"
+# Training-only instructions that name the task (a task representation the demonstrations can map onto).
+FV_INSTRUCTIONS: dict[str, str] = {name: f"Use code {name[-1]} ." for name in FV_TASK_NAMES}
 
 
 def _fv_mappings() -> dict[str, dict[str, str]]:
@@ -152,11 +154,13 @@ def fv_vocabulary() -> list[str]:
     """
     from mechheads.tokenizer import WordTokenizer
 
-    found = set(WordTokenizer.split("Q: x\nA: y\n\n")) - {"x", "y"}
+    texts = ["Q: x\nA: y\n\n", *FV_INSTRUCTIONS.values()]
+    found = {tok for text in texts for tok in WordTokenizer.split(text)} - {"x", "y"}
     return sorted(found | set(FV_WORDS))
 
 
 __all__ = [
+    "FV_INSTRUCTIONS",
     "FV_TASKS",
     "FV_TASK_NAMES",
     "FV_WORDS",

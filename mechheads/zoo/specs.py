@@ -105,8 +105,9 @@ SPECS: dict[str, ZooSpec] = {
         name="fv-4l",
         description=(
             "4-layer transformer (attention + MLP, 8 heads per layer) trained on six in-context tasks that "
-            "share their inputs and outputs (code-a ... code-f: fixed random maps of one 16-word list onto "
-            "itself, no two agreeing on any word), with 1-10 demonstrations and zero-shot prompts. The query "
+            "share their inputs and outputs (code-a ... code-f: fixed random maps of one 24-word list onto "
+            "itself, no two agreeing on any word), with 10 demonstrations (every answer supervised, so every shot count from 0 to 10 is trained), some "
+            "of them after an instruction line naming the task, and zero-shot prompts. The query "
             "alone cannot tell the task, so the model must read it from the demonstrations: a model for "
             "function vectors (Todd et al. 2024, \"Function Vectors in Large Language Models\")."
         ),
@@ -117,10 +118,10 @@ SPECS: dict[str, ZooSpec] = {
             "answers, so without demonstrations the model has no task, and a function vector can give it one."
         ),
         arch=dict(n_layers=4, n_heads=8, d_model=128, d_head=16, d_mlp=512, n_ctx=112, positional="rotary"),
-        mixture={"fv-icl": 0.9, "fv-zero-shot": 0.1},
-        steps=3000,
-        batch_size=48,
-        lr=2e-3,
+        mixture={"fv-icl": 0.6, "fv-instruction": 0.3, "fv-zero-shot": 0.1},
+        steps=2000,
+        batch_size=32,
+        lr=3e-3,
         vocabulary="fv",
     ),
 }

@@ -186,14 +186,15 @@ def fv_study(
     sweep = pd.concat(sweeps, ignore_index=True)
     zs = sweep[sweep.condition == "zero-shot"]
     best = int(zs.groupby("layer").gain.mean().idxmax())
-    at = sweep[sweep.layer == best].pivot(index="task", columns="condition", values=["acc_without", "acc_with"])
+    at = sweep[sweep.layer == best].set_index(["task", "condition"])
+    keys = [f"{t}/icl" for t in names]  # the function vector's task is the clean task's name
     gains = pd.DataFrame(
         dict(
             task=names,
-            zero_shot=[at.loc[t, ("acc_without", "zero-shot")] for t in names],
-            zero_shot_fv=[at.loc[t, ("acc_with", "zero-shot")] for t in names],
-            shuffled=[at.loc[t, ("acc_without", "shuffled")] for t in names],
-            shuffled_fv=[at.loc[t, ("acc_with", "shuffled")] for t in names],
+            zero_shot=[at.loc[(t, "zero-shot"), "acc_without"] for t in keys],
+            zero_shot_fv=[at.loc[(t, "zero-shot"), "acc_with"] for t in keys],
+            shuffled=[at.loc[(t, "shuffled"), "acc_without"] for t in keys],
+            shuffled_fv=[at.loc[(t, "shuffled"), "acc_with"] for t in keys],
         )
     )
     gains["zero_shot_gain"] = gains.zero_shot_fv - gains.zero_shot

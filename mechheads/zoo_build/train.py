@@ -48,6 +48,8 @@ def sample_segments(rng: random.Random, kind: str, n_ctx: int) -> gen.Segments:
         # 10 demonstrations and every answer supervised: one row trains every shot count from 0
         # (the first answer follows exactly the zero-shot prompt) to 10, and a batch has no padding.
         return gen.fv_segments(rng, rng.choice(gen.FV_TASK_NAMES), 10, True)[0]
+    if kind == "fv-instruction":  # the same, after a line naming the task
+        return gen.fv_segments(rng, rng.choice(gen.FV_TASK_NAMES), 10, True, instruction=True)[0]
     if kind == "fv-zero-shot":  # Q: x\nA: y for a task drawn uniformly: the zero-shot prior
         return gen.fv_segments(rng, rng.choice(gen.FV_TASK_NAMES), 0, True)[0]
     if kind == "induction":
@@ -60,7 +62,7 @@ def sample_segments(rng: random.Random, kind: str, n_ctx: int) -> gen.Segments:
     raise MechheadsError(f"unknown data kind {kind!r}; valid: {list(DATA_KINDS)}")
 
 
-DATA_KINDS = ("icl", "instruction", "aba", "ioi", "induction", "fv-icl", "fv-zero-shot")
+DATA_KINDS = ("icl", "instruction", "aba", "ioi", "induction", "fv-icl", "fv-instruction", "fv-zero-shot")
 VOCABULARIES = {"shared": vocabulary, "fv": fv_vocabulary}
 
 
@@ -95,8 +97,18 @@ def training_batch(rng: random.Random, spec: ZooSpec, tok: WordTokenizer, n_ctx:
     return tokens, mask
 
 
-def train_reference(spec: ZooSpec, steps: int | None = None, seed: int | None = None, progress: bool = True):
-    """Train and return (ReferenceTransformer, tokenizer, final smoothed loss)."""
+def train_reference(
+    spec: ZooSpec,
+    steps: int | None = None,
+    seed: int | None = None,
+    progress: bool = True,
+    log_every: int = 0,
+):
+    """Train and return (ReferenceTransformer, tokenizer, final smoothed loss).
+
+    ``log_every > 0`` prints a progress line every so many steps (the smoothed loss, and for a
+    function-vector model its held-out accuracies: :func:`fv_progress`); it does not change training.
+    """
     seed = spec.seed if seed is None else seed
     steps = spec.steps if steps is None else steps
     torch.manual_seed(seed)
@@ -115,7 +127,7 @@ def train_reference(spec: ZooSpec, steps: int | None = None, seed: int | None = 
     smooth = None
     bar = tqdm(range(steps), desc=f"train {spec.name}", disable=not progress, mininterval=2)
     params = [p for p in model.parameters() if p.requires_grad]
-    for _ in bar:
+    for step in bar:
         tokens, mask = training_batch(rng, spec, tok, cfg.n_ctx)
         logits = model(tokens)
         loss = torch.nn.functional.cross_entropy(
@@ -123,7 +135,33 @@ def train_reference(spec: ZooSpec, steps: int | None = None, seed: int | None = 
         )
         smooth = _step(loss, opt, sched, params, smooth)
         bar.set_postfix(loss=f"{smooth:.3f}")
+        if log_every and (step + 1) % log_every == 0:
+            extra = fv_progress(model, tok) if spec.vocabulary == "fv" else ""
+            print(f"step {step + 1} loss {smooth:.4f} {extra}", flush=True)
     return model, tok, smooth
+
+
+@torch.no_grad()
+def fv_progress(model: ReferenceTransformer, tok: WordTokenizer, n: int = 48, seed: int = 999) -> str:
+    """Top-1 accuracy of a model in training on the function-vector tasks, per task: 10-shot,
+    shuffled outputs, zero-shot (prompts of ``seed``, which the training stream never uses)."""
+    from mechheads.function_vectors import shuffled_task, zero_shot_task
+
+    def acc(task) -> float:
+        ids = [[tok.bos_id, *tok.encode(p)] for p in task.prompts]
+        x = torch.full((len(ids), max(map(len, ids))), tok.pad_id)
+        for i, r in enumerate(ids):
+            x[i, : len(r)] = torch.tensor(r)
+        last = torch.tensor([len(r) - 1 for r in ids])
+        pred = model(x)[torch.arange(len(ids)), last].argmax(-1)
+        return (pred == torch.tensor([tok.encode(t)[0] for t in task.targets])).float().mean().item()
+
+    out = {"clean": [], "shuffled": [], "zero-shot": []}
+    for name in gen.FV_TASK_NAMES:
+        task = gen.fv_task(name, n=n, seed=seed)
+        for key, t in zip(out, (task, shuffled_task(task), zero_shot_task(task)), strict=True):
+            out[key].append(f"{acc(t):.2f}")
+    return " ".join(f"{k}=[{' '.join(v)}]" for k, v in out.items())
 
 
 def _step(loss: torch.Tensor, opt, sched, params, smooth: float | None) -> float:
@@ -248,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=None, help="random seed (default: the model's spec)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: the package's zoo folder)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--log-every", type=int, default=0, help="print progress every N steps (0: never)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     cmd = "python -m mechheads.zoo.train " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -255,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         return _main_vision(VISION_SPECS[args.name], args, cmd)
     spec = SPECS[args.name]
     t0 = time.time()
-    model, tok, loss = train_reference(spec, args.steps, args.seed)
+    model, tok, loss = train_reference(spec, args.steps, args.seed, log_every=args.log_every)
     extra = {"label_smoothing": spec.label_smoothing} if spec.label_smoothing else {}
     meta = _training_meta(spec, args, cmd, round(loss, 4), time.time() - t0, mixture=spec.mixture, **extra)
     out = args.out or ZOO_DIR / spec.name
@@ -305,6 +344,7 @@ __all__ = [
     "DATA_KINDS",
     "VOCABULARIES",
     "encode_segments",
+    "fv_progress",
     "main",
     "sample_segments",
     "save_checkpoint",
