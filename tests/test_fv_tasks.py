@@ -87,3 +87,16 @@ def test_fv_model_needs_the_demonstrations_on_held_out_prompts():
     # shuffling the demonstrations' outputs removes the task: at most half the clean accuracy on most tasks
     assert sum(s <= 0.5 * c for c, s, _ in rows) >= 4, rows
     assert all(z < 0.5 for _, _, z in rows), rows
+
+
+def test_fv_tasks_are_report_tasks_with_the_function_vector_section():
+    from types import SimpleNamespace
+
+    from mechheads import report as rp
+
+    task, corrupted = rp.default_task("code-b", 4)
+    assert task.name == "code-b/icl" and len(task) == 4 and corrupted is None
+    assert rp._applies("cma", SimpleNamespace(task=task))
+    assert rp.ZOO_DEFAULT_TASK["fv-4l"] in FV_TASK_NAMES
+    with pytest.raises(MechheadsError, match="code-a"):
+        rp.default_task("code-z")
