@@ -60,9 +60,9 @@ def _report_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--task",
         default=None,
-        help="induction, ioi, aba-abb, a function task (antonym, ...) or '<function task>-instruction' "
-        "(default: the zoo model's task: induction for induction-2l, ioi for tasks-4l, country-capital for "
-        "functions-3l)",
+        help="induction, ioi, aba-abb, a function task (antonym, ...), '<function task>-instruction' or a "
+        "function-vector task (code-a ... code-f) (default: the zoo model's task: induction for induction-2l, "
+        "ioi for tasks-4l, country-capital for functions-3l, code-a for fv-4l)",
     )
     p.add_argument("--out", default="mechheads-report", help="output folder (default mechheads-report)")
     p.add_argument("--n", type=int, default=64, help="prompts per analysis (default 64)")

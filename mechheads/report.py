@@ -149,8 +149,8 @@ class Report:
 def default_task(name: str, n: int = 64, seed: int = 0) -> tuple[Task, Task | None]:
     """The report's task for a task name (and its aligned corrupted counterpart, where one exists).
 
-    Names: ``induction``, ``ioi``, ``aba-abb``, a function task (``antonym``, …; ICL format) or
-    ``<function task>-instruction``.
+    Names: ``induction``, ``ioi``, ``aba-abb``, a function task (``antonym``, …; ICL format),
+    ``<function task>-instruction`` or a function-vector task (``code-a`` … ``code-f``, for fv-4l).
     """
     if name == "induction":
         return gen.induction_pair(n, seq_len=12, seed=seed)
@@ -162,13 +162,20 @@ def default_task(name: str, n: int = 64, seed: int = 0) -> tuple[Task, Task | No
     base = name.removesuffix("-instruction")
     if base in gen.FUNCTION_TASK_NAMES:
         return gen.function_task(base, fmt, n=n, seed=seed), None
-    valid = ["induction", "ioi", "aba-abb", *gen.FUNCTION_TASK_NAMES]
+    if name in gen.FV_TASK_NAMES:
+        return gen.fv_task(name, n=n, seed=seed), None
+    valid = ["induction", "ioi", "aba-abb", *gen.FUNCTION_TASK_NAMES, *gen.FV_TASK_NAMES]
     raise MechheadsError(
         f"unknown report task {name!r}; valid: {valid} (function tasks also as '<name>-instruction')"
     )
 
 
-ZOO_DEFAULT_TASK = {"induction-2l": "induction", "tasks-4l": "ioi", "functions-3l": "country-capital"}
+ZOO_DEFAULT_TASK = {
+    "induction-2l": "induction",
+    "tasks-4l": "ioi",
+    "functions-3l": "country-capital",
+    "fv-4l": "code-a",
+}
 
 
 def check_text_model(zoo_name: str) -> None:
@@ -562,7 +569,8 @@ SECTIONS: list[tuple[str, str, Callable[[_Context, Section], None]]] = [
 
 def _applies(key: str, ctx: _Context) -> bool:
     if key == "cma":  # the AIE needs the function-task format (query/answer pairs it can shuffle)
-        return re.split(r"[/-]", ctx.task.name)[0] in gen.FUNCTION_TASK_NAMES
+        base = ctx.task.name.split("/")[0]
+        return re.split(r"[/-]", base)[0] in gen.FUNCTION_TASK_NAMES or base in gen.FV_TASK_NAMES
     return True
 
 

@@ -28,7 +28,7 @@ def test_unknown_zoo_model_lists_the_valid_ones():
         zoo.load("gpt2")
 
 
-@pytest.mark.parametrize("name", ["induction-2l", "tasks-4l", "functions-3l"])
+@pytest.mark.parametrize("name", ["induction-2l", "tasks-4l", "functions-3l", "fv-4l"])
 def test_zoo_models_load_on_the_backend(backend, name):
     model = zoo.load(name, backend=backend)
     assert model.backend == backend and model.tokenizer is not None

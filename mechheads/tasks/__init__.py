@@ -3,9 +3,11 @@
 from mechheads.tasks.core import Task, TokenBatch
 from mechheads.tasks.generators import (
     FUNCTION_TASK_NAMES,
+    FV_TASK_NAMES,
     aba_abb_task,
     function_task,
     function_task_pair,
+    fv_task,
     induction_pair,
     induction_task,
     ioi_pair,
@@ -15,6 +17,7 @@ from mechheads.tasks.metrics import METRICS, accuracy, get_metric, logit_diff, m
 
 __all__ = [
     "FUNCTION_TASK_NAMES",
+    "FV_TASK_NAMES",
     "METRICS",
     "Task",
     "TokenBatch",
@@ -22,6 +25,7 @@ __all__ = [
     "accuracy",
     "function_task",
     "function_task_pair",
+    "fv_task",
     "get_metric",
     "induction_pair",
     "induction_task",

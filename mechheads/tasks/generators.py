@@ -26,6 +26,7 @@ from mechheads.tasks.core import Task
 
 Segments = list[tuple[str, bool]]
 FUNCTION_TASK_NAMES = tuple(words.FUNCTION_TASKS)
+FV_TASK_NAMES = words.FV_TASK_NAMES
 Format = Literal["icl", "instruction"]
 Rule = Literal["ABA", "ABB", "mixed"]
 
@@ -120,6 +121,65 @@ def function_task_pair(
     return tuple(  # type: ignore[return-value]
         Task(f"{name}/{fmt}", [r[0] for r in rs], [r[1] for r in rs], meta=pd.DataFrame([r[2] for r in rs]))
         for fmt, rs in rows.items()
+    )
+
+
+# ----- function-vector tasks (shared inputs) -----------------------------------------------------
+def _check_fv_task(name: str) -> dict[str, str]:
+    if name not in words.FV_TASKS:
+        raise MechheadsError(f"unknown function-vector task {name!r}; valid tasks: {list(FV_TASK_NAMES)}")
+    return words.FV_TASKS[name]
+
+
+def fv_segments(
+    rng: random.Random, name: str, n_shots: int = 10, supervise_demos: bool = False, instruction: bool = False
+) -> tuple[Segments, dict]:
+    """``Q: x\nA: y\n\n`` × ``n_shots`` then ``Q: xq\nA:`` → `` yq`` for one of the tasks of
+    :data:`FV_TASK_NAMES` (distinct words; ``n_shots = 0`` is the zero-shot prompt).
+
+    With ``supervise_demos`` every demonstration's answer is supervised, the first one included:
+    what follows ``Q: x\nA:`` with nothing before it is exactly the zero-shot prompt, whose best
+    answer, with the task drawn uniformly, is the uniform mixture of the tasks' answers.
+    With ``instruction`` the prompt starts with a line naming the task (``Use code a .``).
+    """
+    mapping = _check_fv_task(name)
+    if not isinstance(n_shots, int) or not 0 <= n_shots < len(mapping):
+        raise MechheadsError(f"n_shots must be an integer in 0..{len(mapping) - 1} (distinct words), got {n_shots!r}")
+    keys = rng.sample(words.FV_WORDS, n_shots + 1)
+    segs: Segments = [(words.FV_INSTRUCTIONS[name] + "\n", False)] if instruction else []
+    for x in keys[:-1]:
+        segs += [(f"Q: {x}\nA:", False), (f" {mapping[x]}", supervise_demos), ("\n\n", False)]
+    q = keys[-1]
+    segs += [(f"Q: {q}\nA:", False), (f" {mapping[q]}", True)]
+    fmt = "instruction" if instruction else "icl"
+    return segs, {"task": name, "format": fmt, "query": q, "answer": mapping[q], "demos": keys[:-1]}
+
+
+def fv_task(name: str, *, n: int = 100, n_shots: int = 10, seed: int = 0) -> Task:
+    """One of the function-vector tasks ``code-a`` … ``code-f``: fixed random maps of one shared
+    word list (:data:`mechheads.tasks.words.FV_WORDS`) onto itself, no two of which agree on any
+    word, so the query alone cannot tell the task; only the demonstrations can. Prompts are in
+    the format of Todd et al. (2024), "Function Vectors in Large Language Models", so
+    :mod:`mechheads.function_vectors` (shuffled outputs, zero-shot prompts) applies. ``alt_targets``
+    holds, per item, the answer of the next task in :data:`FV_TASK_NAMES` (a wrong task's answer).
+
+    Example:
+        >>> task = fv_task("code-a", n=3, n_shots=2, seed=1)
+        >>> task.prompts[0].count("Q:")
+        3
+    """
+    _check_fv_task(name)
+    _check_positive("n", n)
+    rng = random.Random(f"fv|{name}|{n_shots}|{seed}")
+    pairs, metas = [], []
+    for _ in range(n):
+        segs, meta = fv_segments(rng, name, n_shots)
+        pairs.append(_pair(segs))
+        metas.append(meta)
+    other = words.FV_TASKS[FV_TASK_NAMES[(FV_TASK_NAMES.index(name) + 1) % len(FV_TASK_NAMES)]]
+    alts = [f" {other[m['query']]}" for m in metas]
+    return Task(
+        f"{name}/icl", [p for p, _ in pairs], [t for _, t in pairs], alt_targets=alts, meta=pd.DataFrame(metas)
     )
 
 
@@ -258,6 +318,9 @@ __all__ = [
     "function_segments",
     "function_task",
     "function_task_pair",
+    "FV_TASK_NAMES",
+    "fv_segments",
+    "fv_task",
     "aba_segments",
     "aba_abb_task",
     "ioi_segments",

@@ -105,6 +105,65 @@ def vocabulary() -> list[str]:
     found |= {"a"}  # the article in IOI prompts
     return sorted(found)
 
+
+# ----- function-vector tasks: one shared input vocabulary, several tasks -------------------------
+# In the function tasks above the query word alone names the task (a country can only want its
+# capital), so shuffling the demonstrations' outputs changes nothing. Here every task maps the same
+# words into the same words: FV_WORDS -> FV_WORDS, each task a fixed derangement, and no two tasks
+# give a word the same image. A query, or an output seen on its own, says nothing about the task;
+# only an input-output pair does. The mappings are invented (drawn once from a fixed seed), not
+# facts about the words.
+FV_WORDS: list[str] = sorted(_CAPITALIZE_WORDS[:24])
+FV_TASK_NAMES: tuple[str, ...] = ("code-a", "code-b", "code-c", "code-d", "code-e", "code-f")
+FV_MAPPING_SEED = "mechheads-fv-mappings-v1"
+# Training-only instructions that name the task (a task representation the demonstrations can map onto).
+FV_INSTRUCTIONS: dict[str, str] = {name: f"Use code {name[-1]} ." for name in FV_TASK_NAMES}
+
+
+def _fv_mappings() -> dict[str, dict[str, str]]:
+    """Six derangements of FV_WORDS such that the images of each word are all distinct.
+
+    Each is drawn as a uniform random permutation, redrawn until it has no fixed point and agrees
+    with none of the earlier tasks on any word (a deterministic rejection sampler on a fixed seed).
+    """
+    import random
+
+    rng = random.Random(FV_MAPPING_SEED)
+    n = len(FV_WORDS)
+    images: list[list[int]] = []
+    for _ in FV_TASK_NAMES:
+        while True:
+            perm = rng.sample(range(n), n)
+            if all(perm[i] != i and all(prev[i] != perm[i] for prev in images) for i in range(n)):
+                break
+        images.append(perm)
+    return {
+        name: {FV_WORDS[i]: FV_WORDS[perm[i]] for i in range(n)}
+        for name, perm in zip(FV_TASK_NAMES, images, strict=True)
+    }
+
+
+FV_TASKS: dict[str, dict[str, str]] = _fv_mappings()
+
+
+def fv_vocabulary() -> list[str]:
+    """The vocabulary of the function-vector tasks alone (the ``Q:/A:`` format and FV_WORDS).
+
+    A model trained only on these tasks gets this small tokenizer instead of :func:`vocabulary`,
+    which the other zoo models share; each model saves its own tokenizer, so neither affects the other.
+    """
+    from mechheads.tokenizer import WordTokenizer
+
+    texts = ["Q: x\nA: y\n\n", *FV_INSTRUCTIONS.values()]
+    found = {tok for text in texts for tok in WordTokenizer.split(text)} - {"x", "y"}
+    return sorted(found | set(FV_WORDS))
+
+
 __all__ = [
+    "FV_INSTRUCTIONS",
+    "FV_TASKS",
+    "FV_TASK_NAMES",
+    "FV_WORDS",
+    "fv_vocabulary",
     "vocabulary",
 ]

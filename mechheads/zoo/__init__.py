@@ -3,7 +3,7 @@
 Example:
     >>> from mechheads import zoo
     >>> zoo.list_models()
-    ['functions-3l', 'induction-2l', 'tasks-4l', 'vit-chirp']
+    ['functions-3l', 'fv-4l', 'induction-2l', 'tasks-4l', 'vit-chirp']
     >>> model = zoo.load("induction-2l")           # HookedTransformer or TransformerBridge
     >>> print(zoo.card("induction-2l"))            # doctest: +SKIP
 

@@ -12,7 +12,7 @@ class ZooSpec:
     name: str
     description: str
     expected_circuit: str
-    arch: dict  # ArchConfig fields except d_vocab (set from the shared vocabulary)
+    arch: dict  # ArchConfig fields except d_vocab (set from the vocabulary)
     mixture: dict[str, float]  # data kind -> sampling weight
     steps: int
     batch_size: int = 32
@@ -22,6 +22,9 @@ class ZooSpec:
     schedule: str = "cosine"  # "cosine" (decay to 5% of peak) or "constant", both after linear warmup
     seed: int = 0
     label_smoothing: float = 0.0  # of the training cross-entropy (evaluation and analyses use plain NLL)
+    # "shared": mechheads.tasks.words.vocabulary() (every built-in task); "fv": fv_vocabulary()
+    # (the function-vector tasks only). Each model saves its own tokenizer.json either way.
+    vocabulary: str = "shared"
 
     def arch_config(self, d_vocab: int) -> ArchConfig:
         return ArchConfig(d_vocab=d_vocab, **self.arch)
@@ -97,6 +100,29 @@ SPECS: dict[str, ZooSpec] = {
         steps=3000,
         batch_size=48,
         lr=2e-3,
+    ),
+    "fv-4l": ZooSpec(
+        name="fv-4l",
+        description=(
+            "4-layer transformer (attention + MLP, 8 heads per layer) trained on six in-context tasks that "
+            "share their inputs and outputs (code-a ... code-f: fixed random maps of one 24-word list onto "
+            "itself, no two agreeing on any word), with 10 demonstrations (every answer supervised, so every shot count from 0 to 10 is trained), some "
+            "of them after an instruction line naming the task, and zero-shot prompts. The query "
+            "alone cannot tell the task, so the model must read it from the demonstrations: a model for "
+            "function vectors (Todd et al. 2024, \"Function Vectors in Large Language Models\")."
+        ),
+        expected_circuit=(
+            "Heads that carry the task from the demonstrations to the last token (function-vector heads, "
+            "found by their average indirect effect on shuffled-output prompts), and MLPs that apply the "
+            "task to the query. Zero-shot prompts were trained toward the uniform mixture of the six tasks' "
+            "answers, so without demonstrations the model has no task, and a function vector can give it one."
+        ),
+        arch=dict(n_layers=4, n_heads=8, d_model=128, d_head=16, d_mlp=512, n_ctx=112, positional="rotary"),
+        mixture={"fv-icl": 0.6, "fv-instruction": 0.3, "fv-zero-shot": 0.1},
+        steps=2000,
+        batch_size=32,
+        lr=3e-3,
+        vocabulary="fv",
     ),
 }
 

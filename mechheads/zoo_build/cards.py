@@ -47,6 +47,12 @@ def standard_tasks(name: str, n: int = 200, seed: int = EVAL_SEED) -> list[Task]
         if fmt in kinds
         for t in gen.FUNCTION_TASK_NAMES
     ]
+    if kinds & {"fv-icl", "fv-zero-shot"}:
+        from mechheads.function_vectors import shuffled_task, zero_shot_task
+
+        for t in gen.FV_TASK_NAMES:
+            clean = gen.fv_task(t, n=n, seed=seed)
+            tasks += [clean, shuffled_task(clean), zero_shot_task(clean)]
     if "aba" in kinds:
         tasks.append(gen.aba_abb_task(n, n_examples=3, seed=seed))
     if "ioi" in kinds:
@@ -112,6 +118,99 @@ def evaluate(model, tasks: list[Task] | list[VisionEval], batch_size: int = 100)
     return pd.DataFrame(rows)
 
 
+# ----- function-vector models: the measured phenomenon ------------------------------------------
+@dataclass
+class FunctionVectorStudy:
+    """What a card reports for a model trained on the function-vector tasks (see :func:`fv_study`).
+
+    ``accuracy``: task, n, clean, shuffled, zero_shot (top-1 on the first answer token).
+    ``aie``: task, layer, head, aie, z (every head; z over the model's heads, per task).
+    ``significant``: task, n_significant (heads with z >= 3), heads.
+    ``sweep``: evaluate_function_vector rows (task, condition, layer, acc_without, acc_with, gain) for
+    every layer. ``best_layer``: the layer of the largest mean zero-shot gain over tasks.
+    ``gains``: per task, at ``best_layer``: zero-shot and shuffled accuracy without and with the FV.
+    """
+
+    accuracy: pd.DataFrame
+    aie: pd.DataFrame
+    significant: pd.DataFrame
+    sweep: pd.DataFrame
+    best_layer: int
+    gains: pd.DataFrame
+    k: int
+    n_trials: int
+
+
+def fv_study(
+    model, names=None, *, n: int = 200, n_trials: int = 50, k: int = 8, seed: int = EVAL_SEED
+) -> FunctionVectorStudy:
+    """Todd et al. (2024), "Function Vectors in Large Language Models", on the ``code-*`` tasks.
+
+    Per task: 10-shot, shuffled-output and zero-shot accuracy on ``n`` prompts of ``seed``; the AIE
+    of every head (``n_trials`` shuffled trials, clean means from those prompts); the function
+    vector of the ``k`` top heads; its effect on zero-shot and shuffled prompts of another seed
+    (``seed + 1``) when added after each layer. One layer, the best on average, is reported.
+    """
+    from mechheads.function_vectors import (
+        average_indirect_effect,
+        evaluate_function_vector,
+        function_vector,
+        shuffled_task,
+        significant_heads,
+        zero_shot_task,
+    )
+
+    names = list(gen.FV_TASK_NAMES if names is None else names)
+    acc_rows, aie_tabs, sig_rows, sweeps = [], [], [], []
+    for name in names:
+        task = gen.fv_task(name, n=n, seed=seed)
+        res = evaluate(model, [task, shuffled_task(task), zero_shot_task(task)])
+        acc_rows.append(
+            dict(task=name, n=n, clean=res.accuracy[0], shuffled=res.accuracy[1], zero_shot=res.accuracy[2])
+        )
+        aie = average_indirect_effect(model, task, n_trials=n_trials, progress=False)
+        sig = significant_heads(aie)
+        tab = sig[["layer", "head", "score", "z"]].rename(columns={"score": "aie"})
+        tab.insert(0, "task", name)
+        aie_tabs.append(tab)
+        hits = sig[sig.significant].sort_values("score", ascending=False)
+        sig_rows.append(
+            dict(
+                task=name,
+                n_significant=len(hits),
+                heads=" ".join(f"L{r.layer}H{r.head}" for r in hits.itertuples()),
+            )
+        )
+        fv = function_vector(model, aie, k=k)
+        sweeps.append(evaluate_function_vector(model, fv, gen.fv_task(name, n=n, seed=seed + 1)))
+    sweep = pd.concat(sweeps, ignore_index=True)
+    zs = sweep[sweep.condition == "zero-shot"]
+    best = int(zs.groupby("layer").gain.mean().idxmax())
+    at = sweep[sweep.layer == best].set_index(["task", "condition"])
+    keys = [f"{t}/icl" for t in names]  # the function vector's task is the clean task's name
+    gains = pd.DataFrame(
+        dict(
+            task=names,
+            zero_shot=[at.loc[(t, "zero-shot"), "acc_without"] for t in keys],
+            zero_shot_fv=[at.loc[(t, "zero-shot"), "acc_with"] for t in keys],
+            shuffled=[at.loc[(t, "shuffled"), "acc_without"] for t in keys],
+            shuffled_fv=[at.loc[(t, "shuffled"), "acc_with"] for t in keys],
+        )
+    )
+    gains["zero_shot_gain"] = gains.zero_shot_fv - gains.zero_shot
+    gains["shuffled_gain"] = gains.shuffled_fv - gains.shuffled
+    return FunctionVectorStudy(
+        pd.DataFrame(acc_rows),
+        pd.concat(aie_tabs, ignore_index=True),
+        pd.DataFrame(sig_rows),
+        sweep,
+        best,
+        gains,
+        k,
+        n_trials,
+    )
+
+
 def _table(df: pd.DataFrame, floatfmt: str = "{:.3f}") -> str:
     cols = list(df.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -139,6 +238,8 @@ def write_card(folder: Path) -> str:
         top = scores.sort_values("induction", ascending=False).head(4)
         prev = scores.sort_values("previous_token", ascending=False).head(4)
         score_text = f"Top heads by induction (prefix-matching) score:\n\n{_table(top)}\n\nTop heads by previous-token score:\n\n{_table(prev)}"
+    mixture = config["training"].get("mixture", {})
+    fv_text = _fv_section(model, folder) if {"fv-icl", "fv-zero-shot"} & set(mixture) else ""
     tr = config["training"]
     ls = tr.get("label_smoothing", 0.0)
     smoothing = f", label smoothing {ls} (the reported NLL is plain)" if ls else ""
@@ -171,7 +272,7 @@ Accuracy is top-1 on the first target token; NLL is per target token.
 
 ## Expected circuit
 {config["expected_circuit"]}
-
+{fv_text}
 Attention scores on repeated random sequences (mechheads.detectors.induction_scores; 1 = always attends to the source):
 
 {score_text}
@@ -179,6 +280,63 @@ Attention scores on repeated random sequences (mechheads.detectors.induction_sco
     write_text(folder / "card.md", text)
     write_text(folder / "eval.csv", results.to_csv(index=False))
     return text
+
+
+def _fv_section(model, folder: Path) -> str:
+    """The card's function-vector section (measured now) and its CSV tables next to the card."""
+    st = fv_study(model)
+    write_text(folder / "fv_accuracy.csv", st.accuracy.to_csv(index=False))
+    write_text(folder / "fv_aie.csv", st.aie.to_csv(index=False))
+    write_text(folder / "fv_sweep.csv", st.sweep.to_csv(index=False))
+    top = (
+        st.aie.sort_values(["task", "aie"], ascending=[True, False])
+        .groupby("task", sort=False)
+        .head(st.k)
+        .assign(head=lambda d: "L" + d.layer.astype(str) + "H" + d["head"].astype(str))
+    )
+    shared = top.groupby("head").task.count().sort_values(ascending=False)
+    shared = pd.DataFrame(dict(head=shared.index, tasks=shared.to_numpy())).head(12)
+    top5 = st.aie.sort_values(["task", "aie"], ascending=[True, False]).groupby("task", sort=False).head(5)
+    sweep = (
+        st.sweep.groupby(["condition", "layer"])[["acc_without", "acc_with", "gain"]].mean().reset_index()
+    )
+    acc = st.accuracy.assign(ratio=st.accuracy.shuffled / st.accuracy.clean)
+    n_drop = int((acc.shuffled <= 0.5 * acc.clean).sum())
+    n_zs = int((st.gains.zero_shot_gain >= 0.3).sum())
+    return f"""
+## Function vectors (measured)
+Todd et al. (2024), "Function Vectors in Large Language Models", with mechheads.function_vectors \
+(mechheads.zoo_build.cards.fv_study): held-out prompts of seed {EVAL_SEED}, 10 demonstrations. \
+`shuffled`: the demonstrations' outputs shuffled among them; `zero_shot`: the query alone. Shuffled \
+accuracy is at most half the clean one on {n_drop} of {len(acc)} tasks.
+
+{_table(acc)}
+
+Average indirect effect (ΔP of the answer when a head's clean mean output is patched into the last \
+token of a shuffled prompt; {st.n_trials} trials per task), top 5 heads per task; `z` is over the \
+model's {model.cfg.n_layers * model.cfg.n_heads} heads:
+
+{_table(top5)}
+
+Heads at least 3 standard deviations above the mean AIE:
+
+{_table(st.significant)}
+
+How many tasks have each head among their top {st.k} by AIE:
+
+{_table(shared)}
+
+The function vector (sum of the top {st.k} heads' mean outputs through W_O, plus b_O once) added to \
+the residual stream at the last token after each layer, on prompts of seed {EVAL_SEED + 1}; mean \
+accuracy over the tasks:
+
+{_table(sweep)}
+
+At the best layer for zero-shot prompts (layer {st.best_layer}), per task (the gain is at least \
+0.30 on {n_zs} of {len(st.gains)} tasks):
+
+{_table(st.gains)}
+"""
 
 
 def _fmt_table(df: pd.DataFrame) -> str:
@@ -255,6 +413,8 @@ __all__ = [
     "VisionEval",
     "evaluate",
     "evaluate_vision",
+    "FunctionVectorStudy",
+    "fv_study",
     "main",
     "standard_tasks",
     "write_card",

@@ -27,7 +27,7 @@ from mechheads.arch import ReferenceTransformer
 from mechheads.errors import MechheadsError
 from mechheads.statefiles import save_tensors, write_text
 from mechheads.tasks import generators as gen
-from mechheads.tasks.words import vocabulary
+from mechheads.tasks.words import fv_vocabulary, vocabulary
 from mechheads.tokenizer import WordTokenizer
 from mechheads.zoo import ZOO_DIR
 from mechheads.zoo.specs import SPECS, VISION_SPECS, VisionSpec, ZooSpec
@@ -44,6 +44,14 @@ def sample_segments(rng: random.Random, kind: str, n_ctx: int) -> gen.Segments:
         return gen.aba_segments(rng, rng.randint(2, 4), "mixed", True)[0]
     if kind == "ioi":
         return gen.ioi_segments(rng)[0]
+    if kind == "fv-icl":
+        # 10 demonstrations and every answer supervised: one row trains every shot count from 0
+        # (the first answer follows exactly the zero-shot prompt) to 10, and a batch has no padding.
+        return gen.fv_segments(rng, rng.choice(gen.FV_TASK_NAMES), 10, True)[0]
+    if kind == "fv-instruction":  # the same, after a line naming the task
+        return gen.fv_segments(rng, rng.choice(gen.FV_TASK_NAMES), 10, True, instruction=True)[0]
+    if kind == "fv-zero-shot":  # Q: x\nA: y for a task drawn uniformly: the zero-shot prior
+        return gen.fv_segments(rng, rng.choice(gen.FV_TASK_NAMES), 0, True)[0]
     if kind == "induction":
         n = rng.randint(4, min(20, (n_ctx - 2) // 2))
         room = n_ctx - 1 - 2 * n
@@ -51,7 +59,18 @@ def sample_segments(rng: random.Random, kind: str, n_ctx: int) -> gen.Segments:
         return gen.induction_segments(
             rng, n, prefix_len=prefix, gap_len=rng.randint(0, min(10, room - prefix))
         )[0]
-    raise MechheadsError(f"unknown data kind {kind!r}; valid: icl, instruction, aba, ioi, induction")
+    raise MechheadsError(f"unknown data kind {kind!r}; valid: {list(DATA_KINDS)}")
+
+
+DATA_KINDS = ("icl", "instruction", "aba", "ioi", "induction", "fv-icl", "fv-instruction", "fv-zero-shot")
+VOCABULARIES = {"shared": vocabulary, "fv": fv_vocabulary}
+
+
+def spec_vocabulary(spec: ZooSpec) -> list[str]:
+    """The word list of a zoo model's tokenizer (``spec.vocabulary``: "shared" or "fv")."""
+    if spec.vocabulary not in VOCABULARIES:
+        raise MechheadsError(f"unknown vocabulary {spec.vocabulary!r}; valid: {sorted(VOCABULARIES)}")
+    return VOCABULARIES[spec.vocabulary]()
 
 
 def encode_segments(tok: WordTokenizer, segments: gen.Segments) -> tuple[list[int], list[bool]]:
@@ -78,13 +97,23 @@ def training_batch(rng: random.Random, spec: ZooSpec, tok: WordTokenizer, n_ctx:
     return tokens, mask
 
 
-def train_reference(spec: ZooSpec, steps: int | None = None, seed: int | None = None, progress: bool = True):
-    """Train and return (ReferenceTransformer, tokenizer, final smoothed loss)."""
+def train_reference(
+    spec: ZooSpec,
+    steps: int | None = None,
+    seed: int | None = None,
+    progress: bool = True,
+    log_every: int = 0,
+):
+    """Train and return (ReferenceTransformer, tokenizer, final smoothed loss).
+
+    ``log_every > 0`` prints a progress line every so many steps (the smoothed loss, and for a
+    function-vector model its held-out accuracies: :func:`fv_progress`); it does not change training.
+    """
     seed = spec.seed if seed is None else seed
     steps = spec.steps if steps is None else steps
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    tok = WordTokenizer(vocabulary())
+    tok = WordTokenizer(spec_vocabulary(spec))
     cfg = spec.arch_config(tok.vocab_size)
     model = ReferenceTransformer(cfg, seed=seed)
     opt = torch.optim.AdamW(
@@ -98,7 +127,7 @@ def train_reference(spec: ZooSpec, steps: int | None = None, seed: int | None = 
     smooth = None
     bar = tqdm(range(steps), desc=f"train {spec.name}", disable=not progress, mininterval=2)
     params = [p for p in model.parameters() if p.requires_grad]
-    for _ in bar:
+    for step in bar:
         tokens, mask = training_batch(rng, spec, tok, cfg.n_ctx)
         logits = model(tokens)
         loss = torch.nn.functional.cross_entropy(
@@ -106,7 +135,33 @@ def train_reference(spec: ZooSpec, steps: int | None = None, seed: int | None = 
         )
         smooth = _step(loss, opt, sched, params, smooth)
         bar.set_postfix(loss=f"{smooth:.3f}")
+        if log_every and (step + 1) % log_every == 0:
+            extra = fv_progress(model, tok) if spec.vocabulary == "fv" else ""
+            print(f"step {step + 1} loss {smooth:.4f} {extra}", flush=True)
     return model, tok, smooth
+
+
+@torch.no_grad()
+def fv_progress(model: ReferenceTransformer, tok: WordTokenizer, n: int = 48, seed: int = 999) -> str:
+    """Top-1 accuracy of a model in training on the function-vector tasks, per task: 10-shot,
+    shuffled outputs, zero-shot (prompts of ``seed``, which the training stream never uses)."""
+    from mechheads.function_vectors import shuffled_task, zero_shot_task
+
+    def acc(task) -> float:
+        ids = [[tok.bos_id, *tok.encode(p)] for p in task.prompts]
+        x = torch.full((len(ids), max(map(len, ids))), tok.pad_id)
+        for i, r in enumerate(ids):
+            x[i, : len(r)] = torch.tensor(r)
+        last = torch.tensor([len(r) - 1 for r in ids])
+        pred = model(x)[torch.arange(len(ids)), last].argmax(-1)
+        return (pred == torch.tensor([tok.encode(t)[0] for t in task.targets])).float().mean().item()
+
+    out = {"clean": [], "shuffled": [], "zero-shot": []}
+    for name in gen.FV_TASK_NAMES:
+        task = gen.fv_task(name, n=n, seed=seed)
+        for key, t in zip(out, (task, shuffled_task(task), zero_shot_task(task)), strict=True):
+            out[key].append(f"{acc(t):.2f}")
+    return " ".join(f"{k}=[{' '.join(v)}]" for k, v in out.items())
 
 
 def _step(loss: torch.Tensor, opt, sched, params, smooth: float | None) -> float:
@@ -231,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=None, help="random seed (default: the model's spec)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: the package's zoo folder)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--log-every", type=int, default=0, help="print progress every N steps (0: never)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     cmd = "python -m mechheads.zoo.train " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -238,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         return _main_vision(VISION_SPECS[args.name], args, cmd)
     spec = SPECS[args.name]
     t0 = time.time()
-    model, tok, loss = train_reference(spec, args.steps, args.seed)
+    model, tok, loss = train_reference(spec, args.steps, args.seed, log_every=args.log_every)
     extra = {"label_smoothing": spec.label_smoothing} if spec.label_smoothing else {}
     meta = _training_meta(spec, args, cmd, round(loss, 4), time.time() - t0, mixture=spec.mixture, **extra)
     out = args.out or ZOO_DIR / spec.name
@@ -285,11 +341,15 @@ def _main_vision(spec: VisionSpec, args, cmd: str) -> int:
 
 
 __all__ = [
+    "DATA_KINDS",
+    "VOCABULARIES",
     "encode_segments",
+    "fv_progress",
     "main",
     "sample_segments",
     "save_checkpoint",
     "save_vision_checkpoint",
+    "spec_vocabulary",
     "train_reference",
     "train_vision_reference",
     "training_batch",
