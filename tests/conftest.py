@@ -1,7 +1,36 @@
+"""Shared fixtures, and run-time shape checking of mechheads' jaxtyping annotations.
+
+Run-time type checking: before anything imports mechheads, jaxtyping's import hook is installed, so
+every function, method and dataclass in mechheads is decorated with
+``@jaxtyped(typechecker=beartype)`` while the tests run. Each call then checks its arguments and
+return value against their annotations, and the named dimensions of the jaxtyping annotations
+(``Float[torch.Tensor, "batch pos vocab"]``) must agree within one call (``batch`` is the same size
+everywhere in the call). A wrong shape, dtype or type fails the test with a beartype error naming
+the parameter. This costs a few percent of the suite's time.
+
+Switch it off with ``MECHHEADS_NO_TYPECHECK=1`` (any non-empty value other than ``0``), e.g. to time
+the suite, or to tell an annotation error from a real one. The hook has no effect on code outside
+the test run: the package itself never installs it.
+"""
+
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+TYPECHECK = os.environ.get("MECHHEADS_NO_TYPECHECK", "") in ("", "0")
+if TYPECHECK:
+    import sys
+
+    assert not any(m == "mechheads" or m.startswith("mechheads.") for m in sys.modules), (
+        "mechheads was imported before tests/conftest.py could install the type-checking import hook"
+    )
+    from jaxtyping import install_import_hook
+
+    # Stays installed for the whole session: mechheads' submodules are imported lazily by tests.
+    install_import_hook("mechheads", "beartype.beartype")
+
+import contextlib  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -10,6 +39,24 @@ from mechheads import ArchConfig, build_model  # noqa: E402
 from mechheads.model import available_backends  # noqa: E402
 
 BACKENDS = available_backends()
+
+
+@contextlib.contextmanager
+def no_typecheck():
+    """Run-time type checks off inside the block: for a test that passes a wrongly typed argument on
+    purpose (a string outside a ``Literal``, a DataFrame for a result object) to check mechheads' own
+    error message, which the checker would otherwise pre-empt."""
+    if not TYPECHECK:
+        yield
+        return
+    import jaxtyping
+
+    before = jaxtyping.config.jaxtyping_disable
+    jaxtyping.config.update("jaxtyping_disable", True)
+    try:
+        yield
+    finally:
+        jaxtyping.config.update("jaxtyping_disable", before)
 
 
 @pytest.fixture(autouse=True, scope="session")
