@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -171,7 +172,7 @@ def fit_phase(
             idx = schedule[t]
             gates = torch.sigmoid(param).repeat_interleave(len(idx), dim=0)  # copy-major rows
             if fast:  # the fused gated forward (same values and gradients as the hooks)
-                task = objective(idx, K, forward=lambda tokens, pos, g=gates: gated(tokens, g, pos))
+                task = objective(idx, K, forward=lambda tokens, pos, g=gates: gated(tokens, g, pos))  # type: ignore[call-arg,misc]  # built-in objectives take forward=
             else:
                 with gate_heads(model, gates):
                     task = objective(idx, K)
@@ -190,7 +191,7 @@ def fit_phase(
             opt.zero_grad(set_to_none=False)
             total.backward()
             if grad_clip is not None:
-                _clip_per_seed(param.grad, grad_clip)
+                _clip_per_seed(param.grad, grad_clip)  # type: ignore[arg-type]
             opt.step()
             losses[t] = task.detach().cpu()
             traj[t] = torch.sigmoid(param.detach()).cpu()
@@ -320,7 +321,7 @@ def fit(
     ckdir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if ckdir is not None:
         ckdir.mkdir(parents=True, exist_ok=True)
-    common = dict(
+    common: dict[str, Any] = dict(
         batch_size=config.batch_size,
         seed=data_seed,
         logit_clip=config.logit_clip,
@@ -332,7 +333,7 @@ def fit(
         raise MechheadsError(f"seeds_per_forward must be None or an integer >= 1, got {seeds_per_forward!r}")
     groups = [list(range(i, min(i + per, len(seeds)))) for i in range(0, len(seeds), per)]
 
-    def run(phase: str, lam: float, starts: torch.Tensor, n: int, lr) -> PhaseFit:
+    def run(phase: Phase, lam: float, starts: torch.Tensor, n: int, lr) -> PhaseFit:
         fits = [
             fit_phase(
                 model,
@@ -341,7 +342,7 @@ def fit(
                 phase=phase,
                 lam=lam,
                 n_updates=n,
-                lr=lr,  # type: ignore[arg-type]
+                lr=lr,
                 checkpoint=ckdir / f"{phase}-{j}.json" if ckdir else None,
                 **common,
             )
@@ -357,7 +358,7 @@ def fit(
 
     phases = {"zero": run("zero", 0.0, init_logits(model, seeds), config.n_updates, config.lr_fit)}
     for phase, lam in (("plus", config.lam), ("minus", -config.lam)):
-        phases[phase] = run(phase, lam, phases["zero"].logits, config.reg_updates, config.lr_reg)
+        phases[phase] = run(phase, lam, phases["zero"].logits, config.reg_updates, config.lr_reg)  # type: ignore[arg-type]
     return CHGResult(model.cfg.n_layers, model.cfg.n_heads, seeds, config, phases)
 
 
