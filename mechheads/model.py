@@ -618,6 +618,7 @@ def load_pretrained(
     ``bridge``: ``TransformerBridge.boot_transformers(name, **kwargs)``.
     """
     backend = check_backend(backend) if backend else default_backend()
+    tl: torch.nn.Module  # HookedTransformer or TransformerBridge
     if backend == "hooked":
         from transformer_lens import HookedTransformer
 

@@ -91,6 +91,16 @@ def no_typecheck():
         jaxtyping.config.update("jaxtyping_disable", before)
 
 
+@pytest.fixture(autouse=True)
+def _typecheck_marker(request):
+    """``@pytest.mark.no_typecheck``: the whole test is about wrongly typed input (see no_typecheck)."""
+    if request.node.get_closest_marker("no_typecheck") is None:
+        yield
+        return
+    with no_typecheck():
+        yield
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread():
     # The models in the tests are tiny: one thread is faster than two fighting over 2 cores.
