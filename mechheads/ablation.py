@@ -148,7 +148,8 @@ class Ablation:
         _, cache = model.run_with_cache(batch.tokens, [hook_z(layer) for layer in range(model.cfg.n_layers)])
         w = (valid & ~is_bos).float()[:, :, None, None]
         wb = is_bos.float()[:, :, None, None]
-        values, bos_values = {}, {} if exclude_bos else None
+        values: dict[int, torch.Tensor] = {}
+        bos_values: dict[int, torch.Tensor] | None = {} if exclude_bos else None
         for layer in range(model.cfg.n_layers):
             z = cache[hook_z(layer)]
             if per_position:
@@ -178,6 +179,7 @@ class Ablation:
         another token length would hand over padding activations (or lose its last tokens): that is
         refused when the ablation is applied. A raw token tensor counts as unpadded rows.
         """
+        lengths: torch.Tensor | None
         if source is None:
             if batch is None:
                 raise MechheadsError(
@@ -219,7 +221,7 @@ class Ablation:
             )
         self._check_model(model)
         if self.method == "resample":
-            src = self.values[0].shape[:2]
+            src = self.values[0].shape[:2]  # type: ignore[index]
             if tuple(src) != tuple(tokens.shape):
                 raise MechheadsError(
                     f"resample source has shape [batch, pos] = {list(src)} but the evaluated batch has "
@@ -237,13 +239,13 @@ class Ablation:
                         "length (e.g. corrupted prompts whose names or words tokenize to as many tokens), or "
                         "patch by role with mechheads.patching.patch_heads(..., positions='last')"
                     )
-        if self.method == "mean" and self.per_position and self.values[0].shape[0] < tokens.shape[1]:
+        if self.method == "mean" and self.per_position and self.values[0].shape[0] < tokens.shape[1]:  # type: ignore[index]
             raise MechheadsError(
-                f"per-position mean covers {self.values[0].shape[0]} positions, the batch has {tokens.shape[1]}"
+                f"per-position mean covers {self.values[0].shape[0]} positions, the batch has {tokens.shape[1]}"  # type: ignore[index]
             )
         if self.method == "mean" and self.bos_values is not None:
             starts = tokens[:, 0].cpu()
-            bad = (starts != self.bos_id).nonzero().flatten().tolist()
+            bad = (starts != self.bos_id).nonzero().flatten().tolist()  # type: ignore[attr-defined]  # bos_id is set with bos_values
             if bad:
                 raise MechheadsError(
                     f"this mean ablation (exclude_bos=True) gives position 0 the BOS position's own mean, but "
@@ -280,7 +282,7 @@ class Ablation:
             return torch.zeros_like(z)
         if self.method == "scale":
             return z * self.alpha
-        v = self.values[layer].to(z.device, z.dtype)
+        v = self.values[layer].to(z.device, z.dtype)  # type: ignore[index]  # values is set for mean and resample
         if self.method == "mean":
             if self.per_position:
                 v = v[: z.shape[1]] if positions is None else v[positions]
@@ -579,7 +581,7 @@ def _evaluate_masks_on(
     first = engine.first_layers(masks)
     chunks = engine.plan_chunks(first, len(batch), max_rows)
     n_units = executor.num_workers * getattr(executor, "units_per_worker", 1)
-    units = [sum(group, []) for group in distributed.split_evenly(chunks, n_units)]
+    units: list[list[int]] = [sum(group, []) for group in distributed.split_evenly(chunks, n_units)]
     shared = dict(
         batch=batch,
         masks=masks.bool().cpu(),

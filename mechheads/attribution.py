@@ -128,7 +128,7 @@ def _check_max_rows(max_rows) -> int:
     return max_rows
 
 
-def _path_hook(pinned, eps: torch.Tensor):
+def _path_hook(pinned, eps: torch.Tensor | None):
     """``hook_z`` hook: rows where ``pinned[0]`` is True take ``pinned[1]``; then ``eps`` (a zero
     leaf whose gradient is ∂metric/∂z, nothing downstream detached) is added."""
 
@@ -195,7 +195,7 @@ def attribution_patching(
             f"{list(clean_tokens.shape)} and {list(corrupt_tokens.shape)}"
         )
     if batch is None:
-        batch = as_batch(model, corrupted if not isinstance(corrupted, torch.Tensor) else clean)
+        batch = as_batch(model, corrupted if not isinstance(corrupted, torch.Tensor) else clean)  # type: ignore[arg-type]  # as_batch refuses a tensor with its own message
     fn = get_metric(metric)
     if path not in ("layer", "input"):
         raise MechheadsError(f"path must be 'layer' or 'input', got {path!r}")
@@ -208,6 +208,7 @@ def attribution_patching(
     delta = [clean_cache[n] - corrupt_cache[n] for n in names]  # [B, T, H, dh] per layer
     # copies: (pinned activation, α); pinned = a layer, "input" (the embeddings) or None (the
     # corrupted run itself). A copy pinned at layer l yields layer l's gradient, the others every layer's.
+    copies: list[tuple[int | str | None, float]]
     if path == "layer":
         copies = [(None, 0.0)] + [(layer, i / steps) for layer in range(L) for i in range(1, steps)]
     else:
@@ -659,7 +660,7 @@ def compare_estimators(
         elif name == "patching":
             raw[name] = sweep_heads(
                 model,
-                corrupted,
+                corrupted,  # type: ignore[arg-type]  # checked above
                 Ablation.resample(model, task),
                 metric=pmetric,
                 progress=False,
@@ -668,7 +669,7 @@ def compare_estimators(
         elif name == "gradient":
             raw[name] = gradient_importance(model, task, metric=metric)
         elif name == "attribution_patching":
-            raw[name] = attribution_patching(model, task, corrupted, metric=pmetric, steps=atp_steps)
+            raw[name] = attribution_patching(model, task, corrupted, metric=pmetric, steps=atp_steps)  # type: ignore[arg-type]  # checked above
         elif name == "rollout":
             raw[name] = rollout_scores(model, task, read=read)
         else:

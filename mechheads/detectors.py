@@ -39,7 +39,7 @@ import torch
 from jaxtyping import Float
 
 from mechheads.errors import MechheadsError
-from mechheads.heads import HeadsLike, all_heads, parse_heads
+from mechheads.heads import Head, HeadsLike, all_heads, parse_heads
 from mechheads.model import HeadModel, hook_pattern
 
 
@@ -238,7 +238,8 @@ def confirm_by_ablation(
         else Ablation.zero()
     )
     everyone = all_heads(model)
-    sets, labels = [[]], []  # labels: (index into sets, group, what, n_heads)
+    sets: list[list[Head]] = [[]]
+    labels: list[tuple] = []  # labels: (index into sets, group, what, n_heads)
     g = np.random.default_rng(seed)
     random_index = {}
     for name, heads in groups.items():

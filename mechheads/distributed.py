@@ -92,7 +92,9 @@ class ModelSpec:
         if self.factory is not None and not callable(self.factory):
             raise MechheadsError(f"ModelSpec.factory must be callable, got {type(self.factory).__name__}")
         if self.backend is not None and self.factory is not None:
-            raise MechheadsError("ModelSpec.backend applies to zoo= and path=; a factory picks its own backend")
+            raise MechheadsError(
+                "ModelSpec.backend applies to zoo= and path=; a factory picks its own backend"
+            )
 
     def load(self) -> HeadModel:
         """Build the model (in the calling process)."""
@@ -104,7 +106,7 @@ class ModelSpec:
         elif self.path is not None:
             model = zoo.load_folder(self.path, backend=self.backend)
         else:
-            model = wrap(self.factory())
+            model = wrap(self.factory())  # type: ignore[misc]  # exactly one source is set (__post_init__)
         if self.device is not None:
             model.to(self.device)
         return model
@@ -145,8 +147,9 @@ def resolve(model: Any, executor: Executor | None) -> tuple[HeadModel, ModelSpec
             "an executor's workers build their own model and need to know how: pass a ModelSpec (or a zoo "
             "name) instead of the model, e.g. ModelSpec(zoo='induction-2l'), or RayExecutor(model=ModelSpec(...))"
         )
-    if as_spec(model) is not None:
-        return as_spec(model).load(), spec
+    found = as_spec(model)
+    if found is not None:
+        return found.load(), spec
     return model, spec  # a model object (checked by the method)
 
 
@@ -239,11 +242,13 @@ class RayExecutor:
         ):
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise MechheadsError(f"RayExecutor {name} must be an integer >= {low}, got {v!r}")
-        for name, v in (("gpus_per_worker", gpus_per_worker), ("cpus_per_worker", cpus_per_worker)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise MechheadsError(f"RayExecutor {name} must be a number >= 0, got {v!r}")
+        for name, x in (("gpus_per_worker", gpus_per_worker), ("cpus_per_worker", cpus_per_worker)):
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x < 0:
+                raise MechheadsError(f"RayExecutor {name} must be a number >= 0, got {x!r}")
         if model is not None and as_spec(model) is None:
-            raise MechheadsError(f"RayExecutor model= must be a ModelSpec or a zoo name, got {type(model).__name__}")
+            raise MechheadsError(
+                f"RayExecutor model= must be a ModelSpec or a zoo name, got {type(model).__name__}"
+            )
         self.num_workers = num_workers
         self.gpus_per_worker, self.cpus_per_worker = gpus_per_worker, cpus_per_worker
         self.torch_threads = torch_threads
@@ -274,13 +279,18 @@ class RayExecutor:
                 else:
                     ray.init(address=self.address, include_dashboard=False)
             except (ConnectionError, RuntimeError, ValueError) as e:
-                where = "a local Ray instance" if self.address is None else f"the Ray cluster at {self.address!r}"
+                where = (
+                    "a local Ray instance" if self.address is None else f"the Ray cluster at {self.address!r}"
+                )
                 raise MechheadsError(
                     f"cannot start or reach {where}: {type(e).__name__}: {e}. Start one with `ray start --head` "
                     "and pass address='auto', or pass address=None to start a local one"
                 ) from None
             self._started_ray = True
-        need = {"CPU": self.num_workers * self.cpus_per_worker, "GPU": self.num_workers * self.gpus_per_worker}
+        need = {
+            "CPU": self.num_workers * self.cpus_per_worker,
+            "GPU": self.num_workers * self.gpus_per_worker,
+        }
         have = ray.cluster_resources()
         short = {k: (v, have.get(k, 0)) for k, v in need.items() if v > have.get(k, 0) + 1e-9}
         if short:
@@ -438,7 +448,9 @@ def run_units(
     folder = Path(checkpoint) if checkpoint is not None else None
     if folder is not None:
         if folder.exists() and not folder.is_dir():
-            raise MechheadsError(f"checkpoint {str(folder)!r} must be a folder (one state file per unit) when an executor runs")
+            raise MechheadsError(
+                f"checkpoint {str(folder)!r} must be a folder (one state file per unit) when an executor runs"
+            )
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(len(units)):
             path = unit_path(folder, i)

@@ -58,7 +58,7 @@ def _parse(prompt: str, i: int, name: str) -> tuple[list[tuple[str, str]], str]:
         raise MechheadsError(
             f"task {name!r}, item {i}: function vectors need {FORMAT_HINT}; got {prompt[:60]!r}"
         )
-    return _DEMO.findall(prompt), _PROMPT.fullmatch(prompt).group(1)
+    return _DEMO.findall(prompt), _PROMPT.fullmatch(prompt).group(1)  # type: ignore[union-attr]  # matched: checked above
 
 
 def shuffled_task(task: Task, seed: int = 0) -> Task:

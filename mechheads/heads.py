@@ -105,7 +105,7 @@ def parse_heads(
     elif isinstance(heads, (Head, str)) or (
         isinstance(heads, tuple) and len(heads) == 2 and all(isinstance(x, int) for x in heads)
     ):
-        out = [Head.parse(heads)]
+        out = [Head.parse(heads)]  # type: ignore[arg-type]  # a (layer, head) pair: checked above
     else:
         try:
             items = list(heads)
@@ -119,7 +119,7 @@ def parse_heads(
         raise MechheadsError("no heads given: pass at least one head, e.g. 'L0H1', (0, 1) or Head(0, 1)")
     if L is not None:
         for h in out:
-            h.validate(L, H)
+            h.validate(L, H)  # type: ignore[arg-type]  # n_heads comes with n_layers
     return out
 
 

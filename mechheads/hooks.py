@@ -78,7 +78,7 @@ def position_mask(positions: Positions, batch: int, seq: int, device=None) -> to
         if len(items) != batch:
             raise MechheadsError(f"per-prompt positions: got {len(items)} lists for a batch of {batch}")
         for b, ps in enumerate(items):
-            for p in ps:
+            for p in ps:  # type: ignore[attr-defined]  # per-prompt lists, checked above
                 mask[b, norm(int(p))] = True
         return mask
     for p in items:

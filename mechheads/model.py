@@ -267,7 +267,7 @@ class HeadModel:
 
         else:
             names = [self.check_hook(n) for n in names_filter]
-            wanted = set(names).__contains__
+            wanted = set(names).__contains__  # type: ignore[assignment]
         cache: dict[str, torch.Tensor] = {}
 
         def make(name: str) -> HookFn:
@@ -297,7 +297,7 @@ class HeadModel:
 
     def __call__(
         self, tokens: Int[torch.Tensor, "batch pos"], attention_mask: torch.Tensor | None = None
-    ) -> Float[torch.Tensor, "batch pos vocab"]:
+    ) -> Float[torch.Tensor, "batch _pos vocab"]:  # _pos: hooks may cut the unembedding's input
         """Logits of a forward pass. ``attention_mask`` ([batch, pos], 1 = a real token, 0 =
         padding), if given, is passed to the backend (``one_zero_attention_mask`` on
         ``HookedEncoder``, ``attention_mask`` elsewhere), so padding is not attended."""
@@ -362,7 +362,7 @@ class HeadModel:
         layer: int = 0,
         resid_pre: Float[torch.Tensor, "batch pos d_model"] | None = None,
         positions: torch.Tensor | None = None,
-    ) -> Float[torch.Tensor, "batch pos vocab"]:
+    ) -> Float[torch.Tensor, "batch read vocab"]:
         """Logits of a forward pass in which blocks before ``layer`` are known to be unchanged.
 
         ``resid_pre`` is the clean ``blocks.{layer}.hook_resid_pre`` for these tokens. Where
@@ -387,9 +387,9 @@ class HeadModel:
         start = (
             layer if (resid_pre is not None and 0 < layer < self.cfg.n_layers and self.reuses_prefix) else 0
         )
-        if start and resid_pre.shape[:2] != tokens.shape:
+        if start and resid_pre.shape[:2] != tokens.shape:  # type: ignore[union-attr]  # start > 0 only with resid_pre
             raise MechheadsError(
-                f"resid_pre has shape {tuple(resid_pre.shape)}, tokens {tuple(tokens.shape)}"
+                f"resid_pre has shape {tuple(resid_pre.shape)}, tokens {tuple(tokens.shape)}"  # type: ignore[union-attr]
             )
         with self.hooks(hooks):
             logits = self.tl(resid_pre, start_at_layer=start) if start else self(tokens)
@@ -600,7 +600,7 @@ def wrap(model, tokenizer: Tokenizer | None = None, name: str = "") -> HeadModel
     for cls, backend in kinds:
         if isinstance(model, cls):
             if tokenizer is None and getattr(model, "tokenizer", None) is not None:
-                tokenizer = HFTokenizer(model.tokenizer)
+                tokenizer = HFTokenizer(model.tokenizer)  # type: ignore[attr-defined]  # a TransformerLens model
             return HeadModel(model, backend=backend, tokenizer=tokenizer, name=name)
     raise MechheadsError(
         f"cannot use an object of type {type(model).__module__}.{type(model).__name__} as a model: mechheads "
@@ -618,6 +618,7 @@ def load_pretrained(
     ``bridge``: ``TransformerBridge.boot_transformers(name, **kwargs)``.
     """
     backend = check_backend(backend) if backend else default_backend()
+    tl: torch.nn.Module  # HookedTransformer or TransformerBridge
     if backend == "hooked":
         from transformer_lens import HookedTransformer
 

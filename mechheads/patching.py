@@ -108,12 +108,12 @@ def resolve_positions(batch: TokenBatch, spec: PositionSpec) -> list[list[int]]:
         rows = [[int(p) for p in ps] for ps in out]
     else:
         mask = position_mask(spec, B, T)
-        rows = [mask[b].nonzero().flatten().tolist() for b in range(B)]
+        rows = [mask[b].nonzero().flatten().tolist() for b in range(B)]  # type: ignore[index]  # positions is not None here
         if isinstance(spec, int) or (
             isinstance(spec, Sequence) and not any(isinstance(p, (list, tuple)) for p in spec)
         ):
             # keep the caller's order for shared indices ([-1, 2] -> slots in that order)
-            idx = [spec] if isinstance(spec, int) else list(spec)
+            idx: list[int] = [spec] if isinstance(spec, int) else list(spec)  # type: ignore[arg-type]
             rows = [[p + T if p < 0 else p for p in idx] for _ in range(B)]
     for b, ps in enumerate(rows):
         for p in ps:
@@ -543,7 +543,7 @@ def patched(
     for h in hs:
         v = values.values[h.layer]
         per_head[h] = v[:, :, h.head] if values.method == "resample" else v[h.head]
-    with replace_heads(model, per_head, positions=slots[0].to(model.device)):
+    with replace_heads(model, per_head, positions=slots[0].to(model.device)):  # type: ignore[arg-type]
         yield batch
 
 
@@ -572,7 +572,7 @@ def patch_heads_naive(
         v = values.values[h.layer]
         v = v[:, :, h.head] if values.method == "resample" else v[h.head]
         for j in range(slots.shape[0]):
-            with torch.no_grad(), replace_heads(model, {h: v}, positions=slots[j].to(model.device)):
+            with torch.no_grad(), replace_heads(model, {h: v}, positions=slots[j].to(model.device)):  # type: ignore[arg-type]
                 out.append(_values(fn, model(batch.tokens), batch).cpu().double())
     return torch.stack(out).numpy()
 

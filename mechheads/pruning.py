@@ -474,18 +474,18 @@ def learned_pruning(
     log_alpha = torch.cat([f.log_alpha for f in fits]).cpu()
     losses = torch.cat([f.losses for f in fits], 1)
     l0 = torch.cat([f.l0 for f in fits], 1)
-    models = [f.models[0] for f in fits] if train_model else None
+    models = [f.models[0] for f in fits] if train_model else None  # type: ignore[index]
 
     baseline = metric_value(model, ev, metric)
     gates = deterministic_gates(log_alpha, config.stretch)
     masks = gates > 0
     eval_models = models if train_model else [model]
-    values = _kept_values(eval_models, ev, masks, metric, max_rows)
+    values = _kept_values(eval_models, ev, masks, metric, max_rows)  # type: ignore[arg-type]
     if train_model:
         gated = np.array(
             [
                 evaluate_gates(m, ev, gates[i : i + 1], metric=metric, max_rows=max_rows)[0].item()
-                for i, m in enumerate(models)
+                for i, m in enumerate(models)  # type: ignore[arg-type]
             ]
         )
     else:

@@ -412,7 +412,9 @@ def somp_naive(
     supports, weights, explained = [], [], []
     for Xg in X.to(dtype):
         total = Xg.pow(2).sum()
-        R, S, ev = Xg, [], []
+        R = Xg
+        S: list[int] = []
+        ev: list[float] = []
         W = torch.zeros(Xg.shape[0], 0, dtype=dtype, device=X.device)
         for _ in range(k):
             score = (R @ Dm.T).abs().sum(0)
@@ -633,7 +635,7 @@ def concept_scores(
         score = fit.explained[:, -1]
         chance = None
         if n_random:
-            pool = torch.tensor([i for i in range(len(full)) if i not in set(d.token_ids)])
+            pool = torch.tensor([i for i in range(len(full)) if i not in set(d.token_ids)])  # type: ignore[arg-type]  # full is set when n_random > 0
             if len(pool) < len(d):
                 raise MechheadsError(
                     f"concept {c!r}: the vocabulary outside it has {len(pool)} tokens, fewer than the "
@@ -642,7 +644,7 @@ def concept_scores(
             chance = torch.stack(
                 [
                     somp(
-                        X, full.atoms[pool[torch.randperm(len(pool), generator=gen)[: len(d)]]], kc
+                        X, full.atoms[pool[torch.randperm(len(pool), generator=gen)[: len(d)]]], kc  # type: ignore[union-attr]
                     ).explained[:, -1]
                     for _ in range(n_random)
                 ]
@@ -726,7 +728,7 @@ def concept_mass(token_ids: Sequence[int]) -> Metric:
         p = logits[rows, batch.answer_pos].float().softmax(-1)[:, ids.to(logits.device)].sum(-1)
         return p if reduce == "none" else p.mean()
 
-    metric.per_example = True  # accepts reduce="none"
+    metric.per_example = True  # type: ignore[attr-defined]  # accepts reduce="none"
     metric.__name__ = "concept_mass"
     return metric
 

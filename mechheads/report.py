@@ -161,7 +161,7 @@ def default_task(name: str, n: int = 64, seed: int = 0) -> tuple[Task, Task | No
     fmt = "instruction" if name.endswith("-instruction") else "icl"
     base = name.removesuffix("-instruction")
     if base in gen.FUNCTION_TASK_NAMES:
-        return gen.function_task(base, fmt, n=n, seed=seed), None
+        return gen.function_task(base, fmt, n=n, seed=seed), None  # type: ignore[arg-type]  # fmt is "icl" or "instruction"
     if name in gen.FV_TASK_NAMES:
         return gen.fv_task(name, n=n, seed=seed), None
     valid = ["induction", "ioi", "aba-abb", *gen.FUNCTION_TASK_NAMES, *gen.FV_TASK_NAMES]
@@ -547,7 +547,7 @@ def _section_cma(ctx: _Context, sec: Section) -> None:
 def _section_attention(ctx: _Context, sec: Section) -> None:
     from mechheads import viz
 
-    heads = ctx.sweep.ranking()[: ctx.cfg.top_heads]
+    heads = ctx.sweep.ranking()[: ctx.cfg.top_heads]  # type: ignore[union-attr]  # the sweep ran
     names = ", ".join(f"L{h.layer}H{h.head}" for h in heads)
     sec.text(
         f"Attention patterns of the {len(heads)} heads whose zero ablation hurts most ({names}), on the first prompt."

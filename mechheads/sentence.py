@@ -245,7 +245,7 @@ def tokenize(
     if not isinstance(max_tokens, int) or not 3 <= max_tokens <= model.cfg.n_ctx:
         raise MechheadsError(f"max_tokens must be an integer in 3..{model.cfg.n_ctx}, got {max_tokens!r}")
     rows = [list(hf.encode(s, add_special_tokens=True)) for s in sentences]
-    pad = model.tokenizer.pad_id
+    pad = model.tokenizer.pad_id  # type: ignore[union-attr]  # checked by the caller
     too_long = [(s[:40], len(r)) for s, r in zip(sentences, rows, strict=True) if len(r) > max_tokens]
     if too_long:
         raise MechheadsError(
@@ -487,7 +487,7 @@ def chg_objective(model: HeadModel, pairs: SentencePairs | None = None, *, targe
         return ((ea * eb).sum(-1) / scale)[:, None]
 
     loss = RegressionLoss(forward, inputs, (y / scale)[:, None])
-    loss.scale = scale
+    loss.scale = scale  # type: ignore[attr-defined]  # kept with the loss
     return loss
 
 

@@ -43,7 +43,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -159,7 +159,7 @@ def symbolic_pairs(
 
 def _own(task: Task) -> Task:
     """An experimental task scored on its own answer (to check the model solves it)."""
-    return Task(task.name + "/own", task.prompts, task.alt_targets)
+    return Task(task.name + "/own", task.prompts, task.alt_targets)  # type: ignore[arg-type]  # experimental tasks have alt_targets
 
 
 # ----- scores ------------------------------------------------------------------------------------
@@ -294,11 +294,13 @@ def symbolic_scores(
         idx = kept[version].tolist()
         sub = pairs.subset(idx)
         exp = sub.flip if version == "flip" else sub.swap
+        pos: str | list[list[int]]
+        src_pos: str | list[list[int]]
         if kind == "abstraction":
             pos, src_pos = sub.third_items[version], sub.third_items["base"]
         else:
             pos, src_pos = "last", "last"
-        common = dict(metric="logit_diff", max_rows=max_rows, progress=False)
+        common: dict[str, Any] = dict(metric="logit_diff", max_rows=max_rows, progress=False)
         own = patch_heads(model, exp, sub.base, positions=pos, source_positions=src_pos, **common)
         perm = _derangement(len(idx), rng).tolist()
         shuffled_src = sub.base.subset(perm)
@@ -480,7 +482,7 @@ def cma_significant_heads(
     n: int = 100,
     n_trials: int = 25,
     n_sigma: float = 3.0,
-    corruption: str = "shuffled",
+    corruption: Literal["shuffled", "zero-shot"] = "shuffled",
     n_pairs: int = 100,
     n_permutations: int = 10_000,
     alpha: float = 0.05,

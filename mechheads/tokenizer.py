@@ -23,9 +23,15 @@ BOS, PAD = "<bos>", "<pad>"
 
 @runtime_checkable
 class Tokenizer(Protocol):
-    bos_id: int | None
-    pad_id: int
-    vocab_size: int
+    # read-only properties: an implementation may narrow them (WordTokenizer.bos_id is an int)
+    @property
+    def bos_id(self) -> int | None: ...
+
+    @property
+    def pad_id(self) -> int: ...
+
+    @property
+    def vocab_size(self) -> int: ...
 
     def encode(self, text: str) -> list[int]: ...
 

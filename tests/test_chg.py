@@ -5,7 +5,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from conftest import BACKENDS, TINY, perturbed_state
+from conftest import BACKENDS, TINY, no_typecheck, perturbed_state
 
 from mechheads import ArchConfig, MechheadsError, TokenBatch, build_model
 from mechheads.arch import init_state
@@ -306,7 +306,7 @@ def test_errors_are_clear(backend, tmp_path):
     empty.target_mask[2] = False
     with pytest.raises(MechheadsError, match=r"examples \[2\] have no target tokens"):
         fit(model, empty, config=CHGConfig(n_updates=2), progress=False)
-    with pytest.raises(MechheadsError, match="HeadModel"):
+    with pytest.raises(MechheadsError, match="HeadModel"), no_typecheck():
         fit(torch.nn.Linear(2, 2), batch, progress=False)
     with pytest.raises(MechheadsError, match="matched pairs"):
         fit_contrastive(model, hand_batch(8), hand_batch(6), progress=False)

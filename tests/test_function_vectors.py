@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY, perturbed_state
+from conftest import TINY, no_typecheck, perturbed_state
 
 from mechheads import MechheadsError, Task, build_model, replace_heads, zoo
 from mechheads.function_vectors import (
@@ -151,5 +151,5 @@ def test_zero_shot_corruption_variant_patches_into_the_bare_query(tasks4l):
 
     first3 = np.flatnonzero(solved(tasks4l, task))[:3]
     assert abs(res.baseline - p[first3].mean().item()) < 1e-5
-    with pytest.raises(MechheadsError, match="corruption must be"):
+    with pytest.raises(MechheadsError, match="corruption must be"), no_typecheck():
         average_indirect_effect(tasks4l, task, n_trials=3, corruption="noise", progress=False)

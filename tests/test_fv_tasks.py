@@ -5,7 +5,6 @@ import pytest
 from mechheads import MechheadsError, zoo
 from mechheads.function_vectors import shuffled_task, zero_shot_task
 from mechheads.tasks import FV_TASK_NAMES, fv_task
-from mechheads.tasks import generators as gen
 from mechheads.tasks.words import FV_TASKS, FV_WORDS, fv_vocabulary, vocabulary
 from mechheads.tokenizer import WordTokenizer
 from mechheads.zoo.specs import SPECS

@@ -3,6 +3,7 @@ import random
 import pandas as pd
 import pytest
 import torch
+from conftest import no_typecheck
 
 from mechheads import MechheadsError, Task, UnknownTokenError, zoo
 from mechheads.tasks import METRICS, accuracy, get_metric, logit_diff, mse, target_logprob, target_nll
@@ -175,10 +176,11 @@ def test_corrupted_pairs_align_and_remove_the_information(model):
     assert b_clean.tokens.shape == b_corrupt.tokens.shape
 
 
+@pytest.mark.no_typecheck
 def test_generator_input_is_checked():
     with pytest.raises(MechheadsError, match=r"unknown function task 'synonym'; valid tasks: \['antonym'"):
         gen.function_task("synonym")
-    with pytest.raises(MechheadsError, match="unknown format 'chat'"):
+    with pytest.raises(MechheadsError, match="unknown format 'chat'"), no_typecheck():
         gen.function_task("antonym", "chat")
     with pytest.raises(MechheadsError, match="n must be an integer >= 1"):
         gen.ioi_task(0)

@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import no_typecheck
 from matplotlib.figure import Figure
 from zoo_heads import PREV, lh
 
@@ -60,8 +61,9 @@ def test_figure_to_html_svg_is_inline_svg_without_xml_header():
     assert 'aria-label="eye"' in html
 
 
+@pytest.mark.no_typecheck
 def test_figure_to_html_rejects_bad_input():
-    with pytest.raises(MechheadsError, match="fmt must be"):
+    with pytest.raises(MechheadsError, match="fmt must be"), no_typecheck():
         figure_to_html(head_heatmap(np.eye(2)), fmt="jpg")
     with pytest.raises(MechheadsError, match="matplotlib Figure"):
         figure_to_html("not a figure")
@@ -277,7 +279,7 @@ def test_model_without_tokenizer_shows_token_ids(tiny):
     ],
 )
 def test_attention_widget_bad_input_is_a_clear_error(induction, prompt, heads, kwargs, match):
-    with pytest.raises(MechheadsError, match=match):
+    with pytest.raises(MechheadsError, match=match), no_typecheck():
         attention_patterns(induction, prompt, heads, **kwargs)
     assert induction.n_attached_hooks() == 0
 

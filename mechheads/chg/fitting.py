@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -172,7 +173,7 @@ def fit_phase(
             idx = schedule[t]
             gates = torch.sigmoid(param).repeat_interleave(len(idx), dim=0)  # copy-major rows
             if fast:  # the fused gated forward (same values and gradients as the hooks)
-                task = objective(idx, K, forward=lambda tokens, pos, g=gates: gated(tokens, g, pos))
+                task = objective(idx, K, forward=lambda tokens, pos, g=gates: gated(tokens, g, pos))  # type: ignore[call-arg,misc]  # built-in objectives take forward=
             else:
                 with gate_heads(model, gates):
                     task = objective(idx, K)
@@ -191,7 +192,7 @@ def fit_phase(
             opt.zero_grad(set_to_none=False)
             total.backward()
             if grad_clip is not None:
-                _clip_per_seed(param.grad, grad_clip)
+                _clip_per_seed(param.grad, grad_clip)  # type: ignore[arg-type]
             opt.step()
             losses[t] = task.detach().cpu()
             traj[t] = torch.sigmoid(param.detach()).cpu()
@@ -344,10 +345,12 @@ def fit(
                 f"own model), got {type(data).__name__}"
             )
         shared = dict(data=data, loss=loss, config=config, data_seed=data_seed)
-        fp = fingerprint_of("chg-fit", model.name, model.cfg, obj.fingerprint(), config, data_seed, seeds, groups)
+        fp = fingerprint_of(
+            "chg-fit", model.name, model.cfg, obj.fingerprint(), config, data_seed, seeds, groups
+        )
         fits = run_units(
             executor,
-            spec,
+            spec,  # type: ignore[arg-type]  # resolve() returns a spec whenever an executor is given
             _group_unit,
             shared,
             [[seeds[i] for i in g] for g in groups],
@@ -388,7 +391,7 @@ def _fit_group(
     j: int = 0,
 ) -> dict[str, PhaseFit]:
     """The three phases for one group of seeds (fitted together in one forward)."""
-    common = dict(
+    common: dict[str, Any] = dict(
         batch_size=config.batch_size,
         seed=data_seed,
         logit_clip=config.logit_clip,
@@ -396,7 +399,7 @@ def _fit_group(
         progress=progress,
     )
 
-    def run(phase: str, lam: float, starts: torch.Tensor, n: int, lr) -> PhaseFit:
+    def run(phase: Phase, lam: float, starts: torch.Tensor, n: int, lr) -> PhaseFit:
         return fit_phase(
             model,
             obj,
@@ -404,14 +407,14 @@ def _fit_group(
             phase=phase,
             lam=lam,
             n_updates=n,
-            lr=lr,  # type: ignore[arg-type]
+            lr=lr,
             checkpoint=ckdir / f"{phase}-{j}.json" if ckdir else None,
             **common,
         )
 
     out = {"zero": run("zero", 0.0, init_logits(model, seeds), config.n_updates, config.lr_fit)}
     for phase, lam in (("plus", config.lam), ("minus", -config.lam)):
-        out[phase] = run(phase, lam, out["zero"].logits, config.reg_updates, config.lr_reg)
+        out[phase] = run(phase, lam, out["zero"].logits, config.reg_updates, config.lr_reg)  # type: ignore[arg-type]
     return out
 
 
@@ -426,7 +429,9 @@ def _group_unit(model: HeadModel, shared: dict, seeds: list[int]) -> dict[str, P
 def _encode_group(fits: dict[str, PhaseFit]) -> tuple[dict, dict[str, torch.Tensor]]:
     payload = {p: {"lam": float(f.lam)} for p, f in fits.items()}
     tensors = {
-        f"{p}.{name}": getattr(f, name) for p, f in fits.items() for name in ("logits", "trajectory", "losses")
+        f"{p}.{name}": getattr(f, name)
+        for p, f in fits.items()
+        for name in ("logits", "trajectory", "losses")
     }
     return payload, tensors
 
@@ -441,7 +446,9 @@ def _decode_group(path: Path, payload: dict, tensors: dict[str, torch.Tensor]) -
         if not torch.isfinite(t).all():
             raise state_error(path, f"has non-finite values in tensor {name!r}")
     return {
-        p: PhaseFit(p, payload[p]["lam"], tensors[f"{p}.logits"], tensors[f"{p}.trajectory"], tensors[f"{p}.losses"])
+        p: PhaseFit(
+            p, payload[p]["lam"], tensors[f"{p}.logits"], tensors[f"{p}.trajectory"], tensors[f"{p}.losses"]
+        )
         for p in phases
     }
 

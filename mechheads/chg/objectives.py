@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -25,6 +25,7 @@ from mechheads.tasks.metrics import (
 )
 
 
+@runtime_checkable
 class Objective(Protocol):
     """The task term of a gate fit. Called with gate hooks attached for K gate sets (rows of the
     forward are copy-major: row = k · B + b) and the example indices of this update; returns the

@@ -167,7 +167,8 @@ class CHGResult:
             "logit_clip": float(c.logit_clip),
             "grad_clip": None if c.grad_clip is None else float(c.grad_clip),
         }
-        phases, tensors = [], {}
+        phases: list[dict] = []
+        tensors: dict[str, torch.Tensor] = {}
         for name, ph in self.phases.items():
             parts = {"logits": ph.logits, "trajectory": ph.trajectory, "losses": ph.losses}
             phases.append(
@@ -223,7 +224,8 @@ class CHGResult:
         except MechheadsError as e:
             raise state_error(path, f"has an invalid config ({e})") from None
         allowed = {"float32": torch.float32, "float64": torch.float64}
-        shapes, names = {}, [p["phase"] for p in payload["phases"]]
+        shapes: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
+        names = [p["phase"] for p in payload["phases"]]
         if sorted(names) != ["minus", "plus", "zero"]:
             raise state_error(path, f"has phases {names}, expected zero, plus and minus once each")
         for p in payload["phases"]:

@@ -26,7 +26,7 @@ it once, for all of them:
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 from jaxtyping import Bool
@@ -42,6 +42,7 @@ PositionMasks = Callable[[list[int]], torch.Tensor | None]
 """``pos_mask(chunk)``: [len(chunk) · B, pos] booleans for the masks of ``chunk`` (None: all positions)."""
 
 
+@runtime_checkable
 class Values(Protocol):
     """What replaces an intervened head's ``z`` (e.g. :class:`mechheads.ablation.Ablation`)."""
 
@@ -79,7 +80,11 @@ def masked_edits(
             # z sits on its layer's device (a model spread over devices by a device_map)
             m = rows.to(z.device)[:, None, :, None]
             if pos_mask is not None:
-                pm = pos_mask[:, : z.shape[1]] if positions is None else pos_mask[:, positions.to(pos_mask.device)]
+                pm = (
+                    pos_mask[:, : z.shape[1]]
+                    if positions is None
+                    else pos_mask[:, positions.to(pos_mask.device)]
+                )
                 m = m & pm.to(z.device)[:, :, None, None]
             return torch.where(m, values.new_z(layer, z, k, positions), z)
 
@@ -239,9 +244,9 @@ def _run_chunk(
     k, B = masks.shape[0], tokens.shape[0]
     L = model.cfg.n_layers
     if tail is not None and start >= L:  # clean masks: the clean run's logits
-        logits = clean if read is None else clean[:, read.to(clean.device)]
+        logits = clean if read is None else clean[:, read.to(clean.device)]  # type: ignore[index, union-attr]
         with torch.inference_mode():
-            return score(logits.to(tokens.device).repeat(k, 1, 1), k)
+            return score(logits.to(tokens.device).repeat(k, 1, 1), k)  # type: ignore[union-attr]
     if tail is not None:
         edits = masked_edits(model, values, masks, B, pos_mask)
 
@@ -250,8 +255,8 @@ def _run_chunk(
             return z if fn is None else fn(z, pos)
 
         p = kv_start(pos_mask, read) if clean_kv is not None else 0
-        r = resid[hook_resid_pre(start)][:, p:].repeat(k, 1, 1)
-        z = resid[hook_z(start)][:, p:].repeat(k, 1, 1, 1)
+        r = resid[hook_resid_pre(start)][:, p:].repeat(k, 1, 1)  # type: ignore[index]
+        z = resid[hook_z(start)][:, p:].repeat(k, 1, 1, 1)  # type: ignore[index]
         with torch.inference_mode():
             logits = tail.run(r, start, edit, z, read, from_pos=p, clean_kv=clean_kv)
             return score(logits.to(tokens.device), k)

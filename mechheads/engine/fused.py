@@ -227,7 +227,7 @@ class FusedTail:
         scores = torch.matmul(qh, k.permute(0, 2, 3, 1))  # [N, H, q, Th]
         keys = own
         if offset:
-            kp, vp = (t[:, :offset].transpose(1, 2) for t in prefix)  # [B, H, offset, dh]
+            kp, vp = (t[:, :offset].transpose(1, 2) for t in prefix)  # type: ignore[union-attr]  # [B, H, offset, dh]
             B = kp.shape[0]
             qc = qh.reshape(N // B, B, H, -1, dh)
             before = torch.matmul(qc, kp.transpose(-1, -2)[None]).reshape(N, H, -1, offset)
@@ -249,14 +249,14 @@ class FusedTail:
         return out.transpose(1, 2)  # [N, q, H, dh]
 
     def _mlp(self, layer: _TailLayer, h: torch.Tensor) -> torch.Tensor:
-        pre = torch.nn.functional.linear(h, layer.w_in.T, layer.b_in)
+        pre = torch.nn.functional.linear(h, layer.w_in.T, layer.b_in)  # type: ignore[union-attr]
         if layer.w_gate is not None:
             hidden = self.act(torch.nn.functional.linear(h, layer.w_gate.T, layer.b_gate)) * pre
             if layer.b_mid is not None:
                 hidden = hidden + layer.b_mid
         else:
             hidden = self.act(pre)
-        return _apply(layer.post_mlp, torch.nn.functional.linear(hidden, layer.w_out.T, layer.b_out))
+        return _apply(layer.post_mlp, torch.nn.functional.linear(hidden, layer.w_out.T, layer.b_out))  # type: ignore[union-attr]
 
     def clean_keys_values(
         self, resid_pre: dict[int, torch.Tensor]
@@ -322,7 +322,7 @@ class FusedTail:
             if li == layer and z is not None:
                 zl = (z if read is None else z[:, read - from_pos]).to(x.device)
             else:
-                prefix = clean_kv[li] if from_pos else None
+                prefix = clean_kv[li] if from_pos else None  # type: ignore[index]
                 zl = self._attention(p, _apply(p.ln1, x), read, from_pos, prefix)
             if read is not None:
                 x = x[:, read - from_pos]

@@ -308,7 +308,7 @@ def ioi_pair(n: int = 60, *, seed: int = 0) -> tuple[Task, Task]:
     clean = ioi_task(n, seed=seed)
     rng = random.Random(f"ioi-corrupt|{seed}")
     prompts = []
-    for p, io, s in zip(clean.prompts, clean.meta.io, clean.meta.s, strict=True):
+    for p, io, s in zip(clean.prompts, clean.meta.io, clean.meta.s, strict=True):  # type: ignore[union-attr]  # ioi_task sets meta
         a, b = rng.sample([x for x in words.NAMES if x not in (io, s)], 2)
         prompts.append(p.replace(io, "\0").replace(s, a).replace("\0", b))
     return clean, Task("ioi-corrupted", prompts, clean.targets, alt_targets=clean.alt_targets)

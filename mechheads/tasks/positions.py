@@ -53,7 +53,7 @@ def check_role(name: object, allowed: Collection[str] = ROLES, what: str = "posi
         syn = [s for s, r in SYNONYMS.items() if r in allowed]
         extra = f" (synonyms: {', '.join(f'{s!r} = {SYNONYMS[s]!r}' for s in syn)})" if syn else ""
         raise MechheadsError(f"unknown {what} {name!r}; {what} must be one of {list(allowed)}{extra}")
-    return role
+    return str(role)
 
 
 def role_mask(

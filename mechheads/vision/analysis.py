@@ -29,6 +29,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -275,7 +276,7 @@ def ablated_predictions(
         if abl.method == "resample":  # source activations pair with images: take this chunk's
             lengths = None if abl.lengths is None else abl.lengths[sl]
             chunk_abl = Ablation(
-                "resample", values={k: v[sl] for k, v in abl.values.items()}, lengths=lengths
+                "resample", values={k: v[sl] for k, v in abl.values.items()}, lengths=lengths  # type: ignore[union-attr]  # resample ablations have values
             )
         with vit.bind(images[sl]) as batch:
             B = len(batch)
@@ -287,7 +288,7 @@ def ablated_predictions(
                 batch.tokens,
                 masks,
                 chunk_abl,
-                lambda logits, c, B=B, m=k: logits[:, 0, :m].reshape(c, B, m),
+                lambda logits, c, B=B, m=k: logits[:, 0, :m].reshape(c, B, m),  # type: ignore[misc]
                 read=first,
                 max_rows=H * B,  # one layer's H heads per forward, as before
             )
@@ -364,14 +365,14 @@ def patch_regions(
     if h % patch_size or w % patch_size:
         raise MechheadsError(f"masks of {h}x{w} pixels are not divisible by the patch size {patch_size}")
     gh, gw = h // patch_size, w // patch_size
-    member = []
+    members = []
     for parts in REGIONS.values():
         m = np.zeros((n, h, w), dtype=bool)
         for p in parts:
             m |= np.asarray(masks[p], dtype=bool)
         counts = m.reshape(n, gh, patch_size, gw, patch_size).sum((2, 4)).reshape(n, gh * gw)
-        member.append(counts >= min_pixels)
-    member = np.stack(member, 1).astype(np.float32)  # [n, region, patch]
+        members.append(counts >= min_pixels)
+    member = np.stack(members, 1).astype(np.float32)  # [n, region, patch]
     none = member.sum(1, keepdims=True) == 0
     weights = np.concatenate([member, none.astype(np.float32)], 1)
     return weights / weights.sum(1, keepdims=True)
@@ -404,7 +405,7 @@ def label_head(
 ) -> str:
     """The label of one head from its region shares and the regions' areas (thresholds in
     :func:`specialisation`)."""
-    top = max(shares, key=shares.get)
+    top = max(shares, key=shares.get)  # type: ignore[arg-type]
     if shares[top] >= mono and shares[top] >= enrich * areas[top]:
         return LABELS[top]
     strong = [r for r in shares if shares[r] >= poly and shares[r] >= enrich * areas[r]]
@@ -466,11 +467,11 @@ def specialisation(
     for h in all_heads(vit.body):
         s = dict(zip(REGION_NAMES, mean[h.layer, h.head].tolist(), strict=True))
         a = dict(zip(REGION_NAMES, areas.tolist(), strict=True))
-        row = dict(layer=h.layer, head=h.head)
+        row: dict[str, Any] = dict(layer=h.layer, head=h.head)
         row |= {f"share_{r}": s[r] for r in REGION_NAMES}
         row |= {f"area_{r}": a[r] for r in REGION_NAMES}
         row |= {f"enrich_{r}": s[r] / a[r] if a[r] > 0 else np.nan for r in REGION_NAMES}
-        row["top_region"] = max(s, key=s.get)
+        row["top_region"] = max(s, key=s.get)  # type: ignore[arg-type]
         row["label"] = label_head(s, a, mono=mono, enrich=enrich, poly=poly)
         rows.append(row)
     assert len(rows) == L * H

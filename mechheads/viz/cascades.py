@@ -69,7 +69,7 @@ def plot_cascade_matrix(
         else:
             kw = dict(cmap="viridis", vmin=0.0)
         cmap_name = kw.pop("cmap")
-        cmap = matplotlib.colormaps[cmap_name].with_extremes(bad="lightgrey")
+        cmap = matplotlib.colormaps[cmap_name].with_extremes(bad="lightgrey")  # type: ignore[index]
         im = ax.imshow(np.ma.masked_invalid(v), aspect="auto", interpolation="nearest", cmap=cmap, **kw)
         ax.set_xticks(range(cols), list(m.columns), rotation=90, fontsize=7)
         ax.set_yticks(range(rows), list(m.index), fontsize=7)

@@ -58,7 +58,7 @@ def new_axes(ax: Axes | None, figsize: tuple[float, float] = (5.0, 4.0), **subpl
     if ax is not None:
         if not isinstance(ax, Axes):
             raise MechheadsError(f"ax must be a matplotlib Axes, got {type(ax).__name__}")
-        return ax.figure, ax
+        return ax.figure, ax  # type: ignore[return-value]  # a SubFigure when ax lies in one
     fig = VizFigure(figsize=figsize, layout="constrained")
     return fig, fig.add_subplot(**subplot_kw)
 

@@ -404,7 +404,7 @@ def faithfulness_curves(result, *, axes: Sequence[Axes] | None = None, title: st
         axes = list(axes)
         if len(axes) != 2 or not all(isinstance(a, Axes) for a in axes):
             raise MechheadsError("faithfulness_curves: axes must be two matplotlib Axes")
-        fig = axes[0].figure
+        fig = axes[0].figure  # type: ignore[assignment]  # a SubFigure when the axes lie in one
     t = table.sort_values("k")
     for ax, col, color in zip(
         axes, ("comprehensiveness", "sufficiency"), ("tab:red", "tab:blue"), strict=True
@@ -655,7 +655,7 @@ def gate_trajectories(
         fig = new_figure((3.4 * len(phases) + 1.0, 3.2))
         axes = fig.subplots(1, len(phases), sharey=True, squeeze=False)[0]
     else:
-        fig, axes = ax.figure, [ax]
+        fig, axes = ax.figure, [ax]  # type: ignore[assignment]  # a SubFigure when ax lies in one
     colours = _layer_colours(L)
     names = {"zero": "phase 0 (λ = 0)", "plus": "G+ (λ > 0)", "minus": "G− (λ < 0)"}
     for a, phase in zip(axes, phases, strict=True):

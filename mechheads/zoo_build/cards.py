@@ -100,7 +100,7 @@ def evaluate(model, tasks: list[Task] | list[VisionEval], batch_size: int = 100)
         return evaluate_vision(VisionModel(model, cfg, patch, name=ev.name), ev.n, ev.seed)
     rows = []
     for task in tasks:
-        batch = task.batch(model)
+        batch = task.batch(model)  # type: ignore[union-attr]  # token tasks here
         accs, nlls = [], []
         for i in range(0, len(batch), batch_size):
             sub = batch.index(slice(i, i + batch_size))
@@ -110,7 +110,7 @@ def evaluate(model, tasks: list[Task] | list[VisionEval], batch_size: int = 100)
         rows.append(
             dict(
                 task=task.name,
-                n=len(task),
+                n=len(task),  # type: ignore[arg-type]
                 accuracy=torch.cat(accs).mean().item(),
                 nll=torch.cat(nlls).mean().item(),
             )

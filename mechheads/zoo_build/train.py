@@ -156,7 +156,7 @@ def fv_progress(model: ReferenceTransformer, tok: WordTokenizer, n: int = 48, se
         pred = model(x)[torch.arange(len(ids)), last].argmax(-1)
         return (pred == torch.tensor([tok.encode(t)[0] for t in task.targets])).float().mean().item()
 
-    out = {"clean": [], "shuffled": [], "zero-shot": []}
+    out: dict[str, list[str]] = {"clean": [], "shuffled": [], "zero-shot": []}
     for name in gen.FV_TASK_NAMES:
         task = gen.fv_task(name, n=n, seed=seed)
         for key, t in zip(out, (task, shuffled_task(task), zero_shot_task(task)), strict=True):
