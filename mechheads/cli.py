@@ -51,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _report_options(p: argparse.ArgumentParser) -> None:
+    from mechheads.zoo.specs import SPECS  # the zoo's registry: each model's default task
+
     p.add_argument("--model", default="induction-2l", help="zoo model (default induction-2l)")
     p.add_argument(
         "--pretrained",
@@ -61,8 +63,9 @@ def _report_options(p: argparse.ArgumentParser) -> None:
         "--task",
         default=None,
         help="induction, ioi, aba-abb, a function task (antonym, ...), '<function task>-instruction' or a "
-        "function-vector task (code-a ... code-f) (default: the zoo model's task: induction for induction-2l, "
-        "ioi for tasks-4l, country-capital for functions-3l, code-a for fv-4l)",
+        "function-vector task (code-a ... code-f) (default: the zoo model's task: "
+        + ", ".join(f"{s.default_task} for {n}" for n, s in SPECS.items() if s.default_task)
+        + ")",
     )
     p.add_argument("--out", default="mechheads-report", help="output folder (default mechheads-report)")
     p.add_argument("--n", type=int, default=64, help="prompts per analysis (default 64)")
@@ -156,8 +159,6 @@ def cmd_report(args) -> int:
         print(f"  {s.title:45s} {s.seconds:7.1f} s  {len(s.tables)} tables")
     print(f"wrote {rep.html_path} and {len(rep.tables)} CSV tables in {rep.out_dir / 'tables'}")
     return 0
-
-
 
 
 def _info_options(p: argparse.ArgumentParser) -> None:

@@ -54,6 +54,7 @@ from mechheads.statefiles import state_error
 from mechheads.tasks import generators as gen
 from mechheads.tasks.core import Task
 from mechheads.tasks.metrics import METRICS
+from mechheads.zoo.specs import SPECS
 
 if TYPE_CHECKING:
     from mechheads.ablation import AblationResult
@@ -170,12 +171,8 @@ def default_task(name: str, n: int = 64, seed: int = 0) -> tuple[Task, Task | No
     )
 
 
-ZOO_DEFAULT_TASK = {
-    "induction-2l": "induction",
-    "tasks-4l": "ioi",
-    "functions-3l": "country-capital",
-    "fv-4l": "code-a",
-}
+# the report's task per zoo model, from the zoo's registry (mechheads.zoo.specs)
+ZOO_DEFAULT_TASK = {name: spec.default_task for name, spec in SPECS.items() if spec.default_task}
 
 
 def check_text_model(zoo_name: str) -> None:

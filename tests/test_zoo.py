@@ -74,3 +74,22 @@ def test_train_command_writes_a_loadable_checkpoint(tmp_path, capsys):
     for f in ("config.json", "model.safetensors", "tokenizer.json", "reference.safetensors", "card.md"):
         assert (out / f).exists(), f
     assert "# induction-2l" in capsys.readouterr().out
+
+
+def test_the_registry_gives_every_text_model_a_default_task_and_valid_head_roles():
+    from mechheads.cli import _parser
+    from mechheads.report import default_task
+    from mechheads.zoo.specs import SPECS
+
+    help_text = " ".join(_parser()._subparsers._group_actions[0].choices["report"].format_help().split())
+    for name, spec in SPECS.items():
+        assert spec.default_task, name
+        task, _ = default_task(spec.default_task, 2)
+        assert len(task) == 2
+        assert f"{spec.default_task} for {name}" in help_text
+        L, H = spec.arch["n_layers"], spec.arch["n_heads"]
+        for role, heads in spec.head_roles.items():
+            for h in heads:
+                layer, head = (int(x) for x in h[1:].split("H"))
+                assert 0 <= layer < L and 0 <= head < H, (name, role, h)
+    assert SPECS["induction-2l"].head_roles["induction"] == ("L1H0", "L1H1", "L1H2", "L1H3")

@@ -1,11 +1,15 @@
-"""The roles of the zoo model induction-2l's heads, as its card states them (seed 0): one place for
-the tests that check analyses against the known circuit."""
+"""The roles of the zoo model induction-2l's heads, as its card states them (seed 0), read from the
+zoo's registry (``mechheads.zoo.specs.SPECS["induction-2l"].head_roles``): one place for the tests
+that check analyses against the known circuit."""
 
-PREV = "L0H0"  # previous-token head (ablating it breaks induction)
-CURRENT = "L0H3"  # current-token head (ablating it breaks induction too)
-WEAK_CURRENT = "L0H1"  # weaker current-token head (ablating it keeps accuracy, doubles the NLL)
-UNUSED = "L0H2"  # nearly unused: ablating it keeps accuracy, NLL +0.001 nats per token
-INDUCTION = ["L1H0", "L1H1", "L1H2", "L1H3"]  # redundant induction heads
+from mechheads.zoo.specs import SPECS
+
+_ROLES = SPECS["induction-2l"].head_roles
+(PREV,) = _ROLES["previous-token"]  # ablating it breaks induction
+(CURRENT,) = _ROLES["current-token"]  # ablating it breaks induction too
+(WEAK_CURRENT,) = _ROLES["weak current-token"]  # ablating it keeps accuracy, doubles the NLL
+(UNUSED,) = _ROLES["unused"]  # nearly unused: ablating it keeps accuracy, NLL +0.001 nats per token
+INDUCTION = list(_ROLES["induction"])  # redundant induction heads
 
 
 def lh(name: str) -> tuple[int, int]:

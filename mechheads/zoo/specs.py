@@ -1,8 +1,11 @@
-"""Specifications of the zoo models: architecture, training recipe, and the circuit each should hold."""
+"""The zoo's one registry of per-model facts: architecture, training recipe, the circuit each
+should hold, the task the report runs on it by default, and the head roles its card states (which
+the tests check analyses against). Adding a model means adding its spec here; the report's
+default task, the CLI's help and the tests read these."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mechheads.arch import ArchConfig
 
@@ -22,6 +25,8 @@ class ZooSpec:
     schedule: str = "cosine"  # "cosine" (decay to 5% of peak) or "constant", both after linear warmup
     seed: int = 0
     label_smoothing: float = 0.0  # of the training cross-entropy (evaluation and analyses use plain NLL)
+    default_task: str = ""  # the report's task for this model (a mechheads.report.default_task name)
+    head_roles: dict[str, tuple[str, ...]] = field(default_factory=dict)  # role -> heads, as the card states
     # "shared": mechheads.tasks.words.vocabulary() (every built-in task); "fv": fv_vocabulary()
     # (the function-vector tasks only). Each model saves its own tokenizer.json either way.
     vocabulary: str = "shared"
@@ -58,6 +63,14 @@ SPECS: dict[str, ZooSpec] = {
         # trained that way let CHG shrink its circuit heads to gates of 0.3 at no cost, so CHG
         # (which reads the target NLL) could not call them facilitating (benchmarks/RESULTS.md).
         label_smoothing=0.1,
+        default_task="induction",
+        head_roles={
+            "previous-token": ("L0H0",),
+            "current-token": ("L0H3",),
+            "weak current-token": ("L0H1",),
+            "unused": ("L0H2",),
+            "induction": ("L1H0", "L1H1", "L1H2", "L1H3"),
+        },
     ),
     "tasks-4l": ZooSpec(
         name="tasks-4l",
@@ -82,6 +95,7 @@ SPECS: dict[str, ZooSpec] = {
         steps=5000,
         batch_size=48,
         lr=2e-3,
+        default_task="ioi",
     ),
     "functions-3l": ZooSpec(
         name="functions-3l",
@@ -100,6 +114,7 @@ SPECS: dict[str, ZooSpec] = {
         steps=3000,
         batch_size=48,
         lr=2e-3,
+        default_task="country-capital",
     ),
     "fv-4l": ZooSpec(
         name="fv-4l",
@@ -109,7 +124,7 @@ SPECS: dict[str, ZooSpec] = {
             "itself, no two agreeing on any word), with 10 demonstrations (every answer supervised, so every shot count from 0 to 10 is trained), some "
             "of them after an instruction line naming the task, and zero-shot prompts. The query "
             "alone cannot tell the task, so the model must read it from the demonstrations: a model for "
-            "function vectors (Todd et al. 2024, \"Function Vectors in Large Language Models\")."
+            'function vectors (Todd et al. 2024, "Function Vectors in Large Language Models").'
         ),
         expected_circuit=(
             "Heads that carry the task from the demonstrations to the last token (function-vector heads, "
@@ -126,6 +141,7 @@ SPECS: dict[str, ZooSpec] = {
         batch_size=32,
         lr=3e-3,
         vocabulary="fv",
+        default_task="code-a",
     ),
 }
 
