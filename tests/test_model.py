@@ -294,7 +294,8 @@ def test_fused_tail_edit_z_equals_a_hook_z_edit(backend, cfg, tokens):
 
 
 def test_fused_tail_declines_architectures_it_does_not_reproduce(backend):
-    """A gated MLP is outside the fused tail: fused_tail(model) is None (callers then use hooks)."""
+    """An architecture outside the fused tail gets None from fused_tail(model) (callers then use
+    hooks): ALiBi on HookedTransformer, a gated MLP on the zoo's native bridge."""
     if backend == "hooked":
         from transformer_lens import HookedTransformer, HookedTransformerConfig
 
@@ -308,7 +309,7 @@ def test_fused_tail_declines_architectures_it_does_not_reproduce(backend):
                 d_vocab=20,
                 d_mlp=32,
                 act_fn="silu",
-                gated_mlp=True,
+                positional_embedding_type="alibi",
                 normalization_type="RMS",
             )
         )
