@@ -178,8 +178,12 @@ def test_induction_2l_prunes_the_unused_heads_first_and_keeps_the_previous_token
         not high[pos[WEAK_CURRENT]] and 1 <= int(high[1].sum()) < 4
     )  # the weaker and redundant heads thin out
     assert high[pos[PREV]] and high[pos[CURRENT]]  # the circuit survives the strong penalty
-    top = res.survival().head(2)
-    assert set(zip(top.layer, top["head"], strict=True)) == {pos[PREV], pos[CURRENT]}
+    top = res.survival().head(3)
+    # the current-token head survives longest; the previous-token head is among the next: on
+    # HookedTransformer it and induction head L1H2 tie within the optimiser's noise (mean log-alpha
+    # 5.148 vs 5.159 after 200 steps; 5.228 vs 5.152 on the bridge), so their order is not asserted
+    assert (int(top.layer[0]), int(top["head"][0])) == pos[CURRENT]
+    assert pos[PREV] in set(zip(top.layer, top["head"], strict=True))
     assert res.table.retained[0] >= 0.95
 
 
