@@ -2,9 +2,12 @@
 
 * :mod:`mechheads.viz.core` — head labels and :func:`figure_to_html` (self-contained ``<img>`` /
   ``<svg>`` for reports);
-* :mod:`mechheads.viz.figures` — L×H heat maps, ablation / pruning / faithfulness curves, CHG
-  scatter, gate trajectories, score ECDFs, AIE maps, ViT overlays, symbolic-head maps; each takes
-  what an analysis returned and gives back a :class:`matplotlib.figure.Figure`;
+* one module of matplotlib figures per kind of analysis, each taking what an analysis returned
+  (it never recomputes anything) and giving back a :class:`matplotlib.figure.Figure` (with ``ax=``
+  to draw into an existing Axes where one panel suffices): :mod:`mechheads.viz.heatmaps` (L×H heat
+  maps of any per-head table, AIE maps, symbolic-head maps), :mod:`mechheads.viz.curves`
+  (ablation, pruning and faithfulness curves), :mod:`mechheads.viz.chg` (CHG scatter, role maps,
+  gate trajectories, score ECDFs), :mod:`mechheads.viz.vision` (ViT attention overlays);
 * :mod:`mechheads.viz.circuits` — CircuitsVis attention patterns with the JavaScript inlined, so
   they render offline in Jupyter and in saved HTML;
 * :mod:`mechheads.viz.pruning` — learned-pruning curves and the comparison of pruned head sets;
@@ -23,23 +26,13 @@ from mechheads.viz.cascades import (
     plot_estimator_agreement,
     plot_estimator_ranks,
 )
+from mechheads.viz.chg import chg_role_map, chg_scatter, gate_trajectories, score_ecdf
 from mechheads.viz.circuits import AttentionView, attention_html, attention_patterns, circuitsvis_script
 from mechheads.viz.core import figure_to_html, head_label
-from mechheads.viz.figures import (
-    ablation_curve,
-    aie_map,
-    chg_role_map,
-    chg_scatter,
-    faithfulness_curves,
-    gate_trajectories,
-    head_heatmap,
-    outline_heads,
-    pruning_curve,
-    score_ecdf,
-    symbolic_map,
-    vit_overlay,
-)
+from mechheads.viz.curves import ablation_curve, faithfulness_curves, pruning_curve
+from mechheads.viz.heatmaps import aie_map, head_heatmap, outline_heads, symbolic_map
 from mechheads.viz.pruning import plot_learned_pruning, plot_pruning_comparison
+from mechheads.viz.vision import vit_overlay
 
 __all__ = [
     "AttentionView",

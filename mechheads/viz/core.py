@@ -31,6 +31,7 @@ from matplotlib.figure import Figure
 from mechheads.errors import MechheadsError
 
 HEAD_COLUMNS = ("layer", "head")
+ANNOTATE_MAX_CELLS = 400  # heat maps write the value in each cell up to this many cells
 
 
 def head_label(layer: int, head: int) -> str:
@@ -189,6 +190,7 @@ def figure_to_html(fig: Figure, *, fmt: Literal["png", "svg"] = "png", dpi: int 
 
 
 __all__ = [
+    "ANNOTATE_MAX_CELLS",
     "HEAD_COLUMNS",
     "VizFigure",
     "as_head_array",
