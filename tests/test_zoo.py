@@ -93,3 +93,18 @@ def test_the_registry_gives_every_text_model_a_default_task_and_valid_head_roles
                 layer, head = (int(x) for x in h[1:].split("H"))
                 assert 0 <= layer < L and 0 <= head < H, (name, role, h)
     assert SPECS["induction-2l"].head_roles["induction"] == ("L1H0", "L1H1", "L1H2", "L1H3")
+
+
+def test_each_card_reports_exactly_the_evaluations_its_registry_entry_lists():
+    import pandas as pd
+
+    from mechheads.zoo import ZOO_DIR
+    from mechheads.zoo.specs import CARD_TASK_FAMILIES, SPECS, ZooSpec
+
+    for name, spec in SPECS.items():
+        assert spec.card_tasks, name
+        shipped = pd.read_csv(ZOO_DIR / name / "eval.csv").task.tolist()
+        assert [t.name for t in standard_tasks(name, n=2)] == shipped, name
+    with pytest.raises(ValueError, match="unknown card task families"):
+        ZooSpec("x", "", "", {}, {}, 1, card_tasks=("nonsense",))
+    assert "fv" in CARD_TASK_FAMILIES

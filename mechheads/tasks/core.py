@@ -295,6 +295,7 @@ def tokenize_pairs(tok, prompts, targets, alt_targets=None, *, n_ctx: int, name:
         alt_target_lengths=torch.tensor(alt_lens) if alt_targets is not None else None,
     )
 
+
 def as_batch(model: HeadModel, data: Task | TokenBatch) -> TokenBatch:
     """The token batch of ``data`` on the model's device, checked against the model.
 

@@ -16,6 +16,7 @@ Formats:
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Literal
 
 import pandas as pd
@@ -38,6 +39,25 @@ def _check_positive(name: str, value: int, minimum: int = 1) -> None:
 
 def _pair(segments: Segments) -> tuple[str, str]:
     return "".join(t for t, _ in segments[:-1]), segments[-1][0]
+
+
+def _sampled_task(
+    name: str,
+    n: int,
+    sample: Callable[[], tuple[Segments, dict]],
+    alt: Callable[[dict], str] | None = None,
+) -> Task:
+    """A Task of ``n`` prompts drawn by ``sample`` (segments whose last one is the target, and the
+    item's metadata); ``alt`` gives an item's alternative target from its metadata."""
+    prompts, targets, metas = [], [], []
+    for _ in range(n):
+        segs, meta = sample()
+        prompt, target = _pair(segs)
+        prompts.append(prompt)
+        targets.append(target)
+        metas.append(meta)
+    alts = [alt(m) for m in metas] if alt is not None else None
+    return Task(name, prompts, targets, alt_targets=alts, meta=pd.DataFrame(metas))
 
 
 # ----- function tasks ----------------------------------------------------------------------------
@@ -83,17 +103,10 @@ def function_task(name: str, fmt: Format = "icl", *, n: int = 100, n_shots: int 
     _check_positive("n", n)
     _check_positive("n_shots", n_shots, 0)
     rng = random.Random(f"{name}|{fmt}|{n_shots}|{seed}")
-    pairs, metas = [], []
-    for _ in range(n):
-        segs, meta = function_segments(rng, name, fmt, n_shots)
-        pairs.append(_pair(segs))
-        metas.append(meta)
-    return Task(f"{name}/{fmt}", [p for p, _ in pairs], [t for _, t in pairs], meta=pd.DataFrame(metas))
+    return _sampled_task(f"{name}/{fmt}", n, lambda: function_segments(rng, name, fmt, n_shots))
 
 
-def function_task_pair(
-    name: str, *, n: int = 100, n_shots: int = 10, seed: int = 0
-) -> tuple[Task, Task]:
+def function_task_pair(name: str, *, n: int = 100, n_shots: int = 10, seed: int = 0) -> tuple[Task, Task]:
     """The same items in both formats: ``(icl_task, instruction_task)``, row i of each asking the
     same query with the same answer (the instruction prompt's one example is the first ICL
     demonstration). Matched pairs like these are what contrastive CHG fits on.
@@ -107,7 +120,9 @@ def function_task_pair(
     _check_positive("n", n)
     _check_positive("n_shots", n_shots)
     if n_shots + 1 > len(mapping):
-        raise MechheadsError(f"n_shots={n_shots} needs {n_shots + 1} distinct words; task {name!r} has {len(mapping)}")
+        raise MechheadsError(
+            f"n_shots={n_shots} needs {n_shots + 1} distinct words; task {name!r} has {len(mapping)}"
+        )
     rng = random.Random(f"{name}|pair|{n_shots}|{seed}")
     rows: dict[str, list] = {"icl": [], "instruction": []}
     for _ in range(n):
@@ -144,7 +159,9 @@ def fv_segments(
     """
     mapping = _check_fv_task(name)
     if not isinstance(n_shots, int) or not 0 <= n_shots < len(mapping):
-        raise MechheadsError(f"n_shots must be an integer in 0..{len(mapping) - 1} (distinct words), got {n_shots!r}")
+        raise MechheadsError(
+            f"n_shots must be an integer in 0..{len(mapping) - 1} (distinct words), got {n_shots!r}"
+        )
     keys = rng.sample(words.FV_WORDS, n_shots + 1)
     segs: Segments = [(words.FV_INSTRUCTIONS[name] + "\n", False)] if instruction else []
     for x in keys[:-1]:
@@ -171,15 +188,9 @@ def fv_task(name: str, *, n: int = 100, n_shots: int = 10, seed: int = 0) -> Tas
     _check_fv_task(name)
     _check_positive("n", n)
     rng = random.Random(f"fv|{name}|{n_shots}|{seed}")
-    pairs, metas = [], []
-    for _ in range(n):
-        segs, meta = fv_segments(rng, name, n_shots)
-        pairs.append(_pair(segs))
-        metas.append(meta)
     other = words.FV_TASKS[FV_TASK_NAMES[(FV_TASK_NAMES.index(name) + 1) % len(FV_TASK_NAMES)]]
-    alts = [f" {other[m['query']]}" for m in metas]
-    return Task(
-        f"{name}/icl", [p for p, _ in pairs], [t for _, t in pairs], alt_targets=alts, meta=pd.DataFrame(metas)
+    return _sampled_task(
+        f"{name}/icl", n, lambda: fv_segments(rng, name, n_shots), alt=lambda m: f" {other[m['query']]}"
     )
 
 
@@ -208,15 +219,7 @@ def aba_abb_task(n: int = 100, *, n_examples: int = 3, rule: Rule = "mixed", see
     _check_positive("n", n)
     _check_positive("n_examples", n_examples)
     rng = random.Random(f"aba|{n_examples}|{rule}|{seed}")
-    pairs, metas = [], []
-    for _ in range(n):
-        segs, meta = aba_segments(rng, n_examples, rule)
-        pairs.append(_pair(segs))
-        metas.append(meta)
-    meta = pd.DataFrame(metas)
-    return Task(
-        "aba-abb", [p for p, _ in pairs], [t for _, t in pairs], alt_targets=meta["alt"].tolist(), meta=meta
-    )
+    return _sampled_task("aba-abb", n, lambda: aba_segments(rng, n_examples, rule), alt=lambda m: m["alt"])
 
 
 # ----- IOI ---------------------------------------------------------------------------------------
@@ -236,14 +239,7 @@ def ioi_task(n: int = 100, *, seed: int = 0) -> Task:
     """IOI-style name mover task; target is the indirect object, ``alt_targets`` the subject."""
     _check_positive("n", n)
     rng = random.Random(f"ioi|{seed}")
-    pairs, metas = [], []
-    for _ in range(n):
-        segs, meta = ioi_segments(rng)
-        pairs.append(_pair(segs))
-        metas.append(meta)
-    meta = pd.DataFrame(metas)
-    alts = [f" {s}" for s in meta["s"]]
-    return Task("ioi", [p for p, _ in pairs], [t for _, t in pairs], alt_targets=alts, meta=meta)
+    return _sampled_task("ioi", n, lambda: ioi_segments(rng), alt=lambda m: f" {m['s']}")
 
 
 # ----- induction ---------------------------------------------------------------------------------
@@ -312,6 +308,7 @@ def ioi_pair(n: int = 60, *, seed: int = 0) -> tuple[Task, Task]:
         a, b = rng.sample([x for x in words.NAMES if x not in (io, s)], 2)
         prompts.append(p.replace(io, "\0").replace(s, a).replace("\0", b))
     return clean, Task("ioi-corrupted", prompts, clean.targets, alt_targets=clean.alt_targets)
+
 
 __all__ = [
     "FUNCTION_TASK_NAMES",

@@ -120,6 +120,7 @@ def get_metric(metric: str | Metric) -> Metric:
         )
     return METRICS[metric]
 
+
 def metric_values(metric_fn: Metric, logits: torch.Tensor, batch: TokenBatch, k: int) -> torch.Tensor:
     """One metric value per copy, from logits of the batch repeated ``k`` times."""
     B = len(batch)

@@ -9,6 +9,11 @@ from dataclasses import dataclass, field
 
 from mechheads.arch import ArchConfig
 
+# Families of held-out evaluations a card can report: "function-icl" / "function-instruction" (the
+# six function tasks in that format), "fv" (each code task clean, with shuffled outputs and zero-shot),
+# "aba" (ABA/ABB, 3 examples), "ioi", "induction" (repeated sequences of 20 words).
+CARD_TASK_FAMILIES = ("function-icl", "function-instruction", "fv", "aba", "ioi", "induction")
+
 
 @dataclass(frozen=True)
 class ZooSpec:
@@ -27,9 +32,19 @@ class ZooSpec:
     label_smoothing: float = 0.0  # of the training cross-entropy (evaluation and analyses use plain NLL)
     default_task: str = ""  # the report's task for this model (a mechheads.report.default_task name)
     head_roles: dict[str, tuple[str, ...]] = field(default_factory=dict)  # role -> heads, as the card states
+    # The held-out evaluations on the model's card (mechheads.zoo_build.cards.standard_tasks), by
+    # family: one of CARD_TASK_FAMILIES.
+    card_tasks: tuple[str, ...] = ()
     # "shared": mechheads.tasks.words.vocabulary() (every built-in task); "fv": fv_vocabulary()
     # (the function-vector tasks only). Each model saves its own tokenizer.json either way.
     vocabulary: str = "shared"
+
+    def __post_init__(self) -> None:
+        bad = [t for t in self.card_tasks if t not in CARD_TASK_FAMILIES]
+        if bad:
+            raise ValueError(
+                f"zoo spec {self.name!r}: unknown card task families {bad}; valid: {list(CARD_TASK_FAMILIES)}"
+            )
 
     def arch_config(self, d_vocab: int) -> ArchConfig:
         return ArchConfig(d_vocab=d_vocab, **self.arch)
@@ -53,6 +68,7 @@ SPECS: dict[str, ZooSpec] = {
         # rule those out. Induction forms after a plateau: constant lr, no weight decay.
         arch=dict(n_layers=2, n_heads=4, d_model=64, d_head=16, d_mlp=0, n_ctx=64, positional="rotary"),
         mixture={"induction": 1.0},
+        card_tasks=("induction",),
         steps=4000,
         batch_size=32,
         lr=3e-3,
@@ -92,6 +108,7 @@ SPECS: dict[str, ZooSpec] = {
         # copying arbitrary words forms only after a long plateau, so most batches now need copying.
         arch=dict(n_layers=4, n_heads=4, d_model=128, d_head=32, d_mlp=384, n_ctx=112, positional="rotary"),
         mixture={"icl": 0.15, "instruction": 0.1, "aba": 0.35, "ioi": 0.1, "induction": 0.3},
+        card_tasks=("function-icl", "function-instruction", "aba", "ioi", "induction"),
         steps=5000,
         batch_size=48,
         lr=2e-3,
@@ -111,6 +128,7 @@ SPECS: dict[str, ZooSpec] = {
         ),
         arch=dict(n_layers=3, n_heads=8, d_model=128, d_head=16, d_mlp=512, n_ctx=112, positional="rotary"),
         mixture={"icl": 0.6, "instruction": 0.4},
+        card_tasks=("function-icl", "function-instruction"),
         steps=3000,
         batch_size=48,
         lr=2e-3,
@@ -137,6 +155,7 @@ SPECS: dict[str, ZooSpec] = {
         ),
         arch=dict(n_layers=4, n_heads=8, d_model=128, d_head=16, d_mlp=512, n_ctx=112, positional="rotary"),
         mixture={"fv-icl": 0.6, "fv-instruction": 0.3, "fv-zero-shot": 0.1},
+        card_tasks=("fv",),
         steps=2000,
         batch_size=32,
         lr=3e-3,
@@ -202,6 +221,7 @@ VISION_SPECS: dict[str, VisionSpec] = {
 
 
 __all__ = [
+    "CARD_TASK_FAMILIES",
     "SPECS",
     "VISION_SPECS",
     "VisionSpec",

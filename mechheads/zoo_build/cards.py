@@ -19,6 +19,7 @@ from mechheads.statefiles import write_text
 from mechheads.tasks import generators as gen
 from mechheads.tasks.core import Task
 from mechheads.tasks.metrics import accuracy, target_nll
+from mechheads.zoo.specs import CARD_TASK_FAMILIES, SPECS
 
 EVAL_SEED = 1000  # held-out prompts: generated from a seed the training stream never uses
 
@@ -35,29 +36,28 @@ class VisionEval:
 def standard_tasks(name: str, n: int = 200, seed: int = EVAL_SEED) -> list[Task] | list[VisionEval]:
     """The evaluation tasks reported on a zoo model's card (for a vision model: held-out images)."""
     from mechheads import zoo
-    from mechheads.zoo.specs import SPECS
 
     if name in zoo.list_models("vision"):
         return [VisionEval(name, n, seed)]
-    # the tasks of the model's training mixture (all of them for a model without a spec)
-    kinds = set(SPECS[name].mixture) if name in SPECS else {"icl", "instruction", "aba", "ioi", "induction"}
+    # the families its spec lists (all but the function-vector ones for a model without a spec)
+    families = set(SPECS[name].card_tasks) if name in SPECS else set(CARD_TASK_FAMILIES) - {"fv"}
     tasks = [
         gen.function_task(t, fmt, n=n, seed=seed)
         for fmt in ("icl", "instruction")
-        if fmt in kinds
+        if f"function-{fmt}" in families
         for t in gen.FUNCTION_TASK_NAMES
     ]
-    if kinds & {"fv-icl", "fv-zero-shot"}:
+    if "fv" in families:
         from mechheads.function_vectors import shuffled_task, zero_shot_task
 
         for t in gen.FV_TASK_NAMES:
             clean = gen.fv_task(t, n=n, seed=seed)
             tasks += [clean, shuffled_task(clean), zero_shot_task(clean)]
-    if "aba" in kinds:
+    if "aba" in families:
         tasks.append(gen.aba_abb_task(n, n_examples=3, seed=seed))
-    if "ioi" in kinds:
+    if "ioi" in families:
         tasks.append(gen.ioi_task(n, seed=seed))
-    if "induction" in kinds:
+    if "induction" in families:
         tasks.append(gen.induction_task(n, seq_len=20, seed=seed))
     return tasks
 
@@ -238,8 +238,7 @@ def write_card(folder: Path) -> str:
         top = scores.sort_values("induction", ascending=False).head(4)
         prev = scores.sort_values("previous_token", ascending=False).head(4)
         score_text = f"Top heads by induction (prefix-matching) score:\n\n{_table(top)}\n\nTop heads by previous-token score:\n\n{_table(prev)}"
-    mixture = config["training"].get("mixture", {})
-    fv_text = _fv_section(model, folder) if {"fv-icl", "fv-zero-shot"} & set(mixture) else ""
+    fv_text = _fv_section(model, folder) if name in SPECS and "fv" in SPECS[name].card_tasks else ""
     tr = config["training"]
     ls = tr.get("label_smoothing", 0.0)
     smoothing = f", label smoothing {ls} (the reported NLL is plain)" if ls else ""
@@ -297,9 +296,7 @@ def _fv_section(model, folder: Path) -> str:
     shared = top.groupby("head").task.count().sort_values(ascending=False)
     shared = pd.DataFrame(dict(head=shared.index, tasks=shared.to_numpy())).head(12)
     top5 = st.aie.sort_values(["task", "aie"], ascending=[True, False]).groupby("task", sort=False).head(5)
-    sweep = (
-        st.sweep.groupby(["condition", "layer"])[["acc_without", "acc_with", "gain"]].mean().reset_index()
-    )
+    sweep = st.sweep.groupby(["condition", "layer"])[["acc_without", "acc_with", "gain"]].mean().reset_index()
     acc = st.accuracy.assign(ratio=st.accuracy.shuffled / st.accuracy.clean)
     n_drop = int((acc.shuffled <= 0.5 * acc.clean).sum())
     n_zs = int((st.gains.zero_shot_gain >= 0.3).sum())
@@ -359,13 +356,28 @@ def write_vision_card(folder: Path, n_eval: int = 2000, n_analysis: int = 300) -
     abl = ablation_heatmap(vit, data, progress=False).table[["layer", "head", "pct_increase"]]
     spec = specialisation(vit, data)
     cls = specialisation(vit, data, query="cls").table[["layer", "head", "share_chirp", "label"]]
-    heads = spec.table[["layer", "head", "share_chirp", "share_text", "share_colorbar", "share_frame", "share_background", "label"]]
-    heads = heads.merge(cls.rename(columns={"share_chirp": "cls_share_chirp", "label": "cls_label"}), on=["layer", "head"])
+    heads = spec.table[
+        [
+            "layer",
+            "head",
+            "share_chirp",
+            "share_text",
+            "share_colorbar",
+            "share_frame",
+            "share_background",
+            "label",
+        ]
+    ]
+    heads = heads.merge(
+        cls.rename(columns={"share_chirp": "cls_share_chirp", "label": "cls_label"}), on=["layer", "head"]
+    )
     heads = heads.merge(abl.rename(columns={"pct_increase": "ablation_pct_mse"}), on=["layer", "head"])
     areas = {r: spec.table[f"area_{r}"].iloc[0] for r in ("chirp", "text", "colorbar", "frame", "background")}
     th = spec.thresholds
     tr = config["training"]
-    n_params = sum(p.numel() for p in vit.body.parameters()) + sum(p.numel() for p in vit.patch_embed.parameters())
+    n_params = sum(p.numel() for p in vit.body.parameters()) + sum(
+        p.numel() for p in vit.patch_embed.parameters()
+    )
     text = f"""# {name}
 
 {config["description"]}
