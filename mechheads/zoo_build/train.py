@@ -48,6 +48,13 @@ def sample_segments(rng: random.Random, kind: str, n_ctx: int) -> gen.Segments:
         # 10 demonstrations and every answer supervised: one row trains every shot count from 0
         # (the first answer follows exactly the zero-shot prompt) to 10, and a batch has no padding.
         return gen.fv_segments(rng, rng.choice(gen.FV_TASK_NAMES), 10, True)[0]
+    if kind == "fv-icl-open":
+        # The same with the first answer unsupervised: shot counts 1 to 10 are trained and the bare
+        # zero-shot prompt never is, so the model holds no trained prior there that a function
+        # vector would have to overturn (as in a language model, whose zero-shot prompt is not a
+        # trained task of its own).
+        segs = gen.fv_segments(rng, rng.choice(gen.FV_TASK_NAMES), 10, True)[0]
+        return [segs[0], (segs[1][0], False), *segs[2:]]
     if kind == "fv-instruction":  # the same, after a line naming the task
         return gen.fv_segments(rng, rng.choice(gen.FV_TASK_NAMES), 10, True, instruction=True)[0]
     if kind == "fv-zero-shot":  # Q: x\nA: y for a task drawn uniformly: the zero-shot prior
@@ -62,7 +69,17 @@ def sample_segments(rng: random.Random, kind: str, n_ctx: int) -> gen.Segments:
     raise MechheadsError(f"unknown data kind {kind!r}; valid: {list(DATA_KINDS)}")
 
 
-DATA_KINDS = ("icl", "instruction", "aba", "ioi", "induction", "fv-icl", "fv-instruction", "fv-zero-shot")
+DATA_KINDS = (
+    "icl",
+    "instruction",
+    "aba",
+    "ioi",
+    "induction",
+    "fv-icl",
+    "fv-icl-open",
+    "fv-instruction",
+    "fv-zero-shot",
+)
 VOCABULARIES = {"shared": vocabulary, "fv": fv_vocabulary}
 
 
