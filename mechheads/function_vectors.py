@@ -198,19 +198,74 @@ def average_indirect_effect(
     return AIEResult(task.name, table, deltas, filtered, mean, res.baseline, clean)
 
 
-def significant_heads(aie: AIEResult, n_sigma: float = 3.0) -> pd.DataFrame:
-    """CMA-significant heads as in the CHG paper (§4.3): AIE at least ``n_sigma`` standard
-    deviations above the mean AIE over all heads.
+def significant_heads(
+    aie: AIEResult,
+    n_sigma: float = 3.0,
+    *,
+    method: Literal["sigma", "permutation"] = "sigma",
+    alpha: float = 0.01,
+    n_permutations: int = 10_000,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """CMA-significant heads.
 
-    Returns columns task, method ("function-vector"), layer, head, score (the AIE), z, significant.
+    ``method="sigma"`` (the CHG paper's rule, §4.3): AIE at least ``n_sigma`` standard deviations
+    above the mean AIE over all heads. The rule is relative to the other heads, which bounds how
+    many can pass it: with n heads and k equally strong outliers (the rest equal), the population
+    z of an outlier is exactly √((n − k) / k). So with 8 heads no head can reach 3σ, with 16 at
+    most one can (z = √15 ≈ 3.9 for k = 1, √7 ≈ 2.6 for k = 2), and k heads can pass only if
+    n ≥ 10 k. On a small model the rule selects at most a few heads whatever the effects are.
+
+    ``method="permutation"``: a one-sided sign-flip permutation test of each head's per-trial ΔP
+    (null hypothesis: ΔP is symmetric about 0, the patch does not raise P(answer) on average);
+    p = (1 + #{flipped means ≥ observed}) / (1 + n_permutations), and a head is significant if
+    p < alpha / (number of heads) (Bonferroni) and its AIE is positive. It asks whether each head
+    has an effect, not whether it stands out from the others, so any number of heads can pass.
+
+    Returns columns task, method ("function-vector"), layer, head, score (the AIE), z,
+    significant; with ``method="permutation"`` also p.
     """
+    if method not in ("sigma", "permutation"):
+        raise MechheadsError(f"method must be 'sigma' or 'permutation', got {method!r}")
     df = aie.table[["layer", "head", "aie"]].rename(columns={"aie": "score"}).copy()
     sd = df.score.std(ddof=0)
     df["z"] = (df.score - df.score.mean()) / sd if sd > 0 else 0.0
-    df["significant"] = df.z >= n_sigma
+    if method == "sigma":
+        df["significant"] = df.z >= n_sigma
+    else:
+        if not 0 < alpha < 1:
+            raise MechheadsError(f"alpha must lie in (0, 1), got {alpha!r}")
+        if not isinstance(n_permutations, int) or n_permutations < 1:
+            raise MechheadsError(f"n_permutations must be a positive integer, got {n_permutations!r}")
+        p = sign_flip_test(aie.per_trial, n_permutations, seed)
+        df["p"] = p
+        df["significant"] = (p < alpha / len(df)) & (df.score > 0)
     df.insert(0, "method", "function-vector")
     df.insert(0, "task", aie.task)
     return df.reset_index(drop=True)
+
+
+def sign_flip_test(x: np.ndarray, n_permutations: int = 10_000, seed: int = 0) -> np.ndarray:
+    """One-sided sign-flip permutation test per row of ``x`` [rows, n]: is the row mean larger
+    than when each value's sign is flipped at random? Returns p per row,
+    (1 + #{flipped mean ≥ observed}) / (1 + n_permutations).
+
+    Example:
+        >>> sign_flip_test(np.ones((1, 12)), 999)[0] < 0.01
+        True
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] < 1:
+        raise MechheadsError(f"x must be [rows, n] with n >= 1, got shape {x.shape}")
+    rng = np.random.default_rng(seed)
+    observed = x.mean(1)
+    exceed = np.zeros(len(x), dtype=np.int64)
+    for start in range(0, n_permutations, 1000):
+        m = min(1000, n_permutations - start)
+        signs = rng.choice(np.array([-1.0, 1.0]), size=(m, x.shape[1]))
+        flipped = signs @ x.T / x.shape[1]  # [m, rows]
+        exceed += (flipped >= observed[None] - 1e-12).sum(0)
+    return (1 + exceed) / (1 + n_permutations)
 
 
 # ----- the function vector -----------------------------------------------------------------------
@@ -314,6 +369,7 @@ __all__ = [
     "function_vector",
     "mean_head_activations",
     "shuffled_task",
+    "sign_flip_test",
     "significant_heads",
     "solved",
     "zero_shot_task",

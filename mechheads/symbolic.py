@@ -27,6 +27,13 @@ observed}) / (1 + n_permutations). A head is significant if p < alpha / (number 
 score is positive. Shuffled sources keep half their rule information on rule-flip pairs (half of
 the other pairs share the base rule), so the test is conservative for abstraction and induction heads.
 
+Next to it, the threshold Yang et al.'s released analysis uses: a head passes if its mean score
+exceeds the ``1 − null_quantile`` quantile (0.95 by default) of its scores under shuffled pairs
+(columns null_threshold and significant_null_quantile). Here the null trials are the head's own
+shuffled-pair scores (one per kept pair; the authors drew thousands of shuffled trials), and the
+comparison is of a mean against single trials, with no correction over heads: a looser criterion
+than the permutation test, kept to make results comparable with the paper.
+
 Validation (:func:`cumulative_validation`): zero-ablate the heads cumulatively in score order and
 compare P(correct) with ablating, in the same order, the lowest-scoring head of the same layer, and
 random heads.
@@ -168,7 +175,8 @@ class SymbolicResult:
     """Per-head scores of the three kinds.
 
     ``scores``: kind, layer, head, score (mean over pairs), sem, null_mean (mean score with
-    shuffled pairs), p, significant, n_pairs. ``per_pair[kind]``: [head, pair] own-pair scores;
+    shuffled pairs), p, significant (the permutation test), null_threshold and
+    significant_null_quantile (Yang et al.'s quantile threshold), n_pairs. ``per_pair[kind]``: [head, pair] own-pair scores;
     ``null_per_pair[kind]`` the shuffled-pair ones. ``filtered``: version, reason, n.
     """
 
@@ -245,6 +253,7 @@ def symbolic_scores(
     n_permutations: int = 10_000,
     alpha: float = 0.05,
     correction: Literal["bonferroni", "none"] = "bonferroni",
+    null_quantile: float = 0.05,
     seed: int = 0,
     max_rows: int = 512,
     progress: bool = True,
@@ -256,7 +265,11 @@ def symbolic_scores(
         min_pairs: fewer pairs solved in both versions than this is an error.
         kinds: which scores to compute (``"abstraction"``, ``"induction"``, ``"retrieval"``).
         n_permutations, alpha, correction: the permutation test (see the module docstring).
+        null_quantile: Yang et al.'s threshold, the ``1 − null_quantile`` quantile of the head's
+            shuffled-pair scores (columns null_threshold, significant_null_quantile).
     """
+    if not 0 < null_quantile < 1:
+        raise MechheadsError(f"null_quantile must lie in (0, 1), got {null_quantile!r}")
     bad = [k for k in kinds if k not in KINDS]
     if bad:
         raise MechheadsError(f"unknown kinds {bad}; valid kinds: {list(KINDS)}")
@@ -321,13 +334,17 @@ def symbolic_scores(
                     null_mean=d_null.mean(1),
                     p=p,
                     significant=(p < threshold) & (d_own.mean(1) > 0),
+                    null_threshold=np.quantile(d_null, 1 - null_quantile, axis=1),
+                    significant_null_quantile=d_own.mean(1) > np.quantile(d_null, 1 - null_quantile, axis=1),
                     n_pairs=m,
                 )
             )
         )
         per_pair[kind], null_pair[kind] = d_own, d_null
     info = dict(
-        threshold=alpha / len(hs) if correction == "bonferroni" else alpha, n_permutations=n_permutations
+        threshold=alpha / len(hs) if correction == "bonferroni" else alpha,
+        n_permutations=n_permutations,
+        null_quantile=null_quantile,
     )
     return SymbolicResult(
         pd.concat(frames, ignore_index=True),

@@ -15,6 +15,7 @@ from mechheads.function_vectors import (
     function_vector,
     mean_head_activations,
     shuffled_task,
+    sign_flip_test,
     significant_heads,
     zero_shot_task,
 )
@@ -137,6 +138,39 @@ def test_significant_heads_are_three_sigma_above_the_mean():
     assert np.allclose(sig.z, z)
     assert set(sig.columns) >= {"task", "method", "layer", "head", "score", "z", "significant"}
 
+
+
+def test_three_sigma_can_select_at_most_the_bound_and_the_permutation_test_has_no_such_cap():
+    # 16 heads, 4 with the same clear positive effect on every trial, the rest pure noise about 0:
+    # z of each of the 4 is exactly sqrt((16 - 4) / 4) = sqrt(3) < 3, so the 3-sigma rule selects
+    # none, while the sign-flip test finds all 4 and none of the noise heads.
+    rng = np.random.default_rng(0)
+    per_trial = rng.normal(0.0, 0.01, (16, 40))
+    per_trial[[1, 6, 9, 14]] = 0.2 + rng.normal(0.0, 0.01, (4, 40))
+    per_trial -= per_trial.mean(1, keepdims=True) * np.isin(np.arange(16), [1, 6, 9, 14], invert=True)[:, None]
+    aie = per_trial.mean(1)
+    table = pd.DataFrame(dict(layer=np.repeat(range(4), 4), head=np.tile(range(4), 4), aie=aie))
+    res = AIEResult("t", table, per_trial, pd.DataFrame(), torch.zeros(4, 4, 2), 0.0, 1.0)
+    sigma = significant_heads(res)
+    assert sigma.z.max() == pytest.approx(np.sqrt(3), abs=0.01)
+    assert not sigma.significant.any()
+    perm = significant_heads(res, method="permutation", n_permutations=2000)
+    assert sorted(perm.index[perm.significant]) == [1, 6, 9, 14]
+    assert (perm.p[[1, 6, 9, 14]] < 0.01 / 16).all() and (perm.p.drop([1, 6, 9, 14]) > 0.05).all()
+    again = significant_heads(res, method="permutation", n_permutations=2000)
+    assert np.array_equal(again.p, perm.p)  # same seed, same result
+    with no_typecheck(), pytest.raises(MechheadsError, match="method must be"):
+        significant_heads(res, method="bootstrap")
+
+
+def test_sign_flip_test_p_values_are_uniform_under_the_null_and_small_for_a_shift():
+    rng = np.random.default_rng(1)
+    null = rng.normal(0.0, 1.0, (400, 20))
+    p = sign_flip_test(null, 999)
+    assert 0.03 < (p < 0.05).mean() < 0.08  # about alpha of the null rows
+    assert sign_flip_test(null[:1] * 0 + 1.0, 999)[0] == pytest.approx(1 / 1000, abs=2e-3)
+    with pytest.raises(MechheadsError, match=r"\[rows, n\]"):
+        sign_flip_test(np.zeros(5), 10)
 
 def test_zero_shot_corruption_variant_patches_into_the_bare_query(tasks4l):
     task = function_task("antonym", n=6, seed=4)

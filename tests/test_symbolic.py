@@ -105,6 +105,18 @@ def test_scores_equal_patching_one_head_by_hand(tasks4l):
     assert (res.scores.significant <= (res.scores.p < res.info["threshold"])).all()
 
 
+
+def test_yang_null_quantile_threshold_sits_next_to_the_permutation_test(tasks4l):
+    res = symbolic_scores(tasks4l, n=16, min_pairs=4, n_permutations=99, null_quantile=0.1, progress=False)
+    for kind in ("abstraction", "induction", "retrieval"):
+        df = res.scores[res.scores.kind == kind]
+        q = np.quantile(res.null_per_pair[kind], 0.9, axis=1)
+        assert np.allclose(df.null_threshold, q)
+        assert np.array_equal(df.significant_null_quantile, res.per_pair[kind].mean(1) > q)
+    assert res.info["null_quantile"] == 0.1
+    with pytest.raises(MechheadsError, match="null_quantile must lie in"):
+        symbolic_scores(tasks4l, n=16, min_pairs=4, null_quantile=1.5, progress=False)
+
 def test_too_few_solved_pairs_is_a_clear_error(model_hooked):
     with pytest.raises(MechheadsError, match=r"of 6 flip pairs are solved in both.*min_pairs=50"):
         symbolic_scores(model_hooked, n=6, min_pairs=50, progress=False)
