@@ -499,6 +499,7 @@ def cma_significant_heads(
     n: int = 100,
     n_trials: int = 25,
     n_sigma: float = 3.0,
+    significance: Literal["sigma", "permutation"] = "sigma",
     corruption: Literal["shuffled", "zero-shot"] = "shuffled",
     n_pairs: int = 100,
     n_permutations: int = 10_000,
@@ -508,9 +509,13 @@ def cma_significant_heads(
 ) -> pd.DataFrame:
     """CMA-significant heads per task, as the CHG paper (§4.3) compares them with CHG facilitation:
     for each function task, heads with AIE ≥ mean + ``n_sigma`` SD over heads
-    (:func:`mechheads.function_vectors.significant_heads`); for ABA/ABB, heads significant for any of
-    the three symbolic kinds (:func:`significant_heads`). ``corruption`` is passed to
+    (:func:`mechheads.function_vectors.significant_heads`; ``significance="permutation"``: its
+    sign-flip test instead, for models too small for the 3σ rule to select more than a head or
+    two); for ABA/ABB, heads significant for any of the three symbolic kinds
+    (:func:`significant_heads`). ``corruption`` is passed to
     :func:`~mechheads.function_vectors.average_indirect_effect` (``"zero-shot"``: the variant).
+    ``function_tasks`` may name the function tasks (``antonym`` …, 10-shot prompts) or the
+    function-vector tasks of shared inputs (``code-a`` …, :func:`mechheads.tasks.fv_task`).
 
     Returns one row per (task, head): task, method, layer, head, score, significant.
 
@@ -520,20 +525,25 @@ def cma_significant_heads(
     """
     from mechheads.function_vectors import average_indirect_effect
     from mechheads.function_vectors import significant_heads as fv_significant
-    from mechheads.tasks import FUNCTION_TASK_NAMES, function_task
+    from mechheads.tasks import FUNCTION_TASK_NAMES, FV_TASK_NAMES, function_task, fv_task
 
     names = list(FUNCTION_TASK_NAMES if function_tasks is None else function_tasks)
+    bad = [t for t in names if t not in FUNCTION_TASK_NAMES and t not in FV_TASK_NAMES]
+    if bad:
+        raise MechheadsError(
+            f"unknown function tasks {bad}; valid: {list(FUNCTION_TASK_NAMES)} or {list(FV_TASK_NAMES)}"
+        )
     frames = []
     for name in tqdm(names, desc="AIE per task", disable=not progress, leave=False):
-        aie = average_indirect_effect(
-            model,
-            function_task(name, "icl", n=n, seed=seed),
-            n_trials=n_trials,
-            corruption=corruption,
-            seed=seed,
-            progress=False,
+        task = (
+            fv_task(name, n=n, seed=seed)
+            if name in FV_TASK_NAMES
+            else function_task(name, "icl", n=n, seed=seed)
         )
-        frames.append(fv_significant(aie, n_sigma))
+        aie = average_indirect_effect(
+            model, task, n_trials=n_trials, corruption=corruption, seed=seed, progress=False
+        )
+        frames.append(fv_significant(aie, n_sigma, method=significance, seed=seed))
     if aba_abb:
         res = symbolic_scores(
             model, n=n_pairs, n_permutations=n_permutations, alpha=alpha, seed=seed, progress=False

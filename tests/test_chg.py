@@ -338,6 +338,47 @@ def test_compare_with_cma_welch_statistics():
         compare_with_cma(fac.drop(columns="facilitation"), cma)
 
 
+def test_compare_with_cma_pools_each_cma_method_separately():
+    import pandas as pd
+
+    from mechheads.chg import compare_with_cma
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for task, method, shift in (
+        ("fa", "function-vector", 0.6),
+        ("fb", "function-vector", 0.6),
+        ("aba-abb", "symbolic", 0.0),
+    ):
+        for i in range(12):
+            sig = i < 3
+            rows.append(
+                dict(
+                    task=task,
+                    method=method,
+                    layer=i,
+                    head=0,
+                    significant=sig,
+                    facilitation=0.2 + (shift if sig else 0.0) + 0.05 * rng.standard_normal(),
+                )
+            )
+    df = pd.DataFrame(rows)
+    out = compare_with_cma(df[["task", "layer", "head", "facilitation"]], df.drop(columns="facilitation"))
+    out = out.set_index("task")
+    assert list(out.index) == ["aba-abb", "fa", "fb", "pooled: function-vector", "pooled: symbolic", "all"]
+    assert list(out.level) == ["task", "task", "task", "method", "method", "all"]
+    fv = df[df.method == "function-vector"]
+    a, b = fv[fv.significant].facilitation, fv[~fv.significant].facilitation
+    from scipy import stats
+
+    ref = stats.ttest_ind(a, b, equal_var=False)
+    row = out.loc["pooled: function-vector"]
+    assert row.n_cma == 6 and row.n_other == 18
+    assert row.t == pytest.approx(ref.statistic) and row.p == pytest.approx(ref.pvalue)
+    assert row.p < 0.01 and out.loc["pooled: symbolic"].p > 0.01  # no shift for the symbolic heads
+    assert out.loc["pooled: symbolic"].t == pytest.approx(out.loc["aba-abb"].t)
+
+
 @pytest.mark.slow
 def test_zoo_induction_circuit_comes_out_facilitating_in_every_seed():
     # induction-2l (tests/zoo_heads.py): the previous-token, current-token and induction heads must
@@ -384,6 +425,8 @@ def test_contrastive_loss_averages_log_probabilities_per_target_token():
         lf = target_logprob(model(forget.tokens), forget, reduce="none") / 3
     want = -lr.mean() + (lf - lr).clamp(min=-0.5).mean()
     assert abs(float(got[0]) - float(want)) < 1e-5
+
+
 # ----- checkpoints and saved results are JSON + safetensors, checked before use -------------------
 class _Marker:
     """Unpickling this creates ``path``: a stand-in for code a malicious pickle would run."""

@@ -22,9 +22,14 @@ def compare_with_cma(facilitation: pd.DataFrame, cma: pd.DataFrame) -> pd.DataFr
             :func:`mechheads.symbolic.cma_significant_heads`.
 
     Returns:
-        One row per task plus ``all``: n_cma, n_other, mean facilitation of each group, t, dof
-        (Welch–Satterthwaite), two-sided p. Tasks where a group has fewer than two heads get NaN
-        statistics (Welch's test needs a variance in each group).
+        One row per task, then one per CMA method pooling its tasks when ``cma`` has a ``method``
+        column (task ``"pooled: function-vector"``: every function-vector task's heads; ``"pooled:
+        symbolic"``: ABA/ABB; the paper reports these two separately, since the two kinds of CMA
+        find heads by different criteria), then ``all``: level ("task", "method" or "all"),
+        n_cma, n_other, mean facilitation of each group, t, dof (Welch–Satterthwaite), two-sided p.
+        Rows where a group has fewer than two heads get NaN statistics (Welch's test needs a
+        variance in each group). A pooled row counts each (task, head) once: a head significant
+        for two tasks enters the CMA group twice, once per task, as in the paper's pooling.
     """
     from scipy import stats
 
@@ -36,17 +41,19 @@ def compare_with_cma(facilitation: pd.DataFrame, cma: pd.DataFrame) -> pd.DataFr
         missing = [c for c in need[name] if c not in df.columns]
         if missing:
             raise MechheadsError(f"{name} table lacks columns {missing}; it needs {need[name]}")
-    merged = facilitation[need["facilitation"]].merge(
-        cma[need["cma"]], on=["task", "layer", "head"], how="inner"
-    )
+    cols = need["cma"] + (["method"] if "method" in cma.columns else [])
+    merged = facilitation[need["facilitation"]].merge(cma[cols], on=["task", "layer", "head"], how="inner")
     lost = sorted(set(facilitation.task) ^ set(cma.task))
     if merged.empty:
         raise MechheadsError(
             f"no (task, layer, head) in common between the two tables (tasks in only one: {lost})"
         )
     rows = []
-    groups = [(t, g) for t, g in merged.groupby("task", sort=True)] + [("all", merged)]
-    for task, g in groups:
+    groups = [(t, "task", g) for t, g in merged.groupby("task", sort=True)]
+    if "method" in merged.columns:
+        groups += [(f"pooled: {m}", "method", g) for m, g in merged.groupby("method", sort=True)]
+    groups.append(("all", "all", merged))
+    for task, level, g in groups:
         a = g.loc[g.significant.astype(bool), "facilitation"].to_numpy(float)
         b = g.loc[~g.significant.astype(bool), "facilitation"].to_numpy(float)
         t = dof = p = float("nan")
@@ -62,6 +69,7 @@ def compare_with_cma(facilitation: pd.DataFrame, cma: pd.DataFrame) -> pd.DataFr
         rows.append(
             {
                 "task": task,
+                "level": level,
                 "n_cma": len(a),
                 "n_other": len(b),
                 "mean_cma": float(a.mean()) if len(a) else float("nan"),
