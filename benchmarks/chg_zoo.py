@@ -7,8 +7,9 @@ Prints markdown tables (pasted into benchmarks/RESULTS.md) and writes CSVs to --
 
 Usage:
     python benchmarks/chg_zoo.py induction [--seeds 10] [--updates 500]
-    python benchmarks/chg_zoo.py contrastive [--updates 500] [--batch 64] [--tasks antonym,...]
-    python benchmarks/chg_zoo.py cma [--seeds 10] [--updates 500] [--tasks antonym,country-capital]
+    python benchmarks/chg_zoo.py contrastive [--updates 500] [--batch 64] [--tasks antonym,...] [--lams 1e-4,1e-3]
+    python benchmarks/chg_zoo.py cma [--model tasks-4l|fv-4l] [--significance sigma|permutation]
+        [--seeds 10] [--updates 500] [--tasks antonym,country-capital|none]
 """
 
 from __future__ import annotations
@@ -90,41 +91,84 @@ def induction(args) -> None:
 
 
 def contrastive(args) -> None:
+    """Leave-one-task-out contrastive CHG, once per λ of ``--lams``. Every fit is evaluated on
+    held-out prompts of two seeds: the λ with the largest mean separation (retained − forgotten
+    gated accuracy, both forgotten formats averaged) on the validation prompts is chosen, and its
+    table is printed from the test prompts, which took no part in the choice."""
+    from mechheads.chg import contrastive_separation
+
     model = zoo.load("tasks-4l")
-    cfg = ContrastiveConfig(n_updates=args.updates, batch_size=args.batch)
     tasks = args.tasks.split(",") if args.tasks else None
-    t = time.perf_counter()
-    df = contrastive_transfer(model, tasks, n_train=args.n_train, n_eval=args.n_eval, config=cfg)
-    print(f"contrastive LOTO in {time.perf_counter() - t:.0f} s")
-    df.to_csv(args.out / "chg_contrastive_loto.csv", index=False)
+    lams = [float(x) for x in args.lams.split(",")] if args.lams else [ContrastiveConfig().lam]
+    tables, seps = {}, []
+    for lam in lams:
+        cfg = ContrastiveConfig(n_updates=args.updates, batch_size=args.batch, lam=lam)
+        t = time.perf_counter()
+        df = contrastive_transfer(
+            model,
+            tasks,
+            n_train=args.n_train,
+            n_eval=args.n_eval,
+            config=cfg,
+            validation=True,
+            progress=False,
+        )
+        print(f"λ = {lam:g}: contrastive LOTO in {time.perf_counter() - t:.0f} s", flush=True)
+        tables[lam] = df
+        df.assign(lam=lam).to_csv(args.out / f"chg_contrastive_loto_lam{lam:g}.csv", index=False)
+        seps.append(contrastive_separation(df).assign(lam=lam))
+    sep = pd.concat(seps, ignore_index=True)
+    sep.to_csv(args.out / "chg_contrastive_lambda_sweep.csv", index=False)
+    print(md(sep.pivot_table(index="lam", columns=["split", "forget"], values="separation").round(3)))
+    val = sep[sep.split == "validation"].groupby("lam").separation.mean()
+    best = float(val.idxmax())
+    print(f"chosen on the validation prompts: λ = {best:g} (mean separation {val.max():.3f})")
+    df = tables[best]
+    df = df[df.split == "test"]
     wide = df.pivot_table(index=["forget", "held_out"], columns=["eval_format", "gated"], values="accuracy")
     wide.columns = [f"{fmt} {'gated' if g else 'default'}" for fmt, g in wide.columns]
     print(md((100 * wide).round(0)))
 
 
 def cma(args) -> None:
-    """CHG vs CMA (paper §4.3): max facilitation over seeds, CMA-significant heads vs the rest."""
+    """CHG vs CMA (paper §4.3): max facilitation over seeds, CMA-significant heads vs the rest,
+    pooled separately for the function-vector tasks and for ABA/ABB."""
     from mechheads.chg import compare_with_cma
     from mechheads.symbolic import cma_significant_heads
-    from mechheads.tasks import aba_abb_task, function_task
+    from mechheads.tasks import FV_TASK_NAMES, aba_abb_task, function_task, fv_task
 
-    model = zoo.load("tasks-4l")
-    tasks = args.tasks.split(",") if args.tasks else ["antonym", "country-capital"]
+    model = zoo.load(args.model)
+    fv_model = args.model == "fv-4l"  # its vocabulary has the code-* tasks only (no ABA/ABB)
+    if args.tasks == "none":
+        tasks = []
+    elif args.tasks:
+        tasks = args.tasks.split(",")
+    else:
+        tasks = list(FV_TASK_NAMES) if fv_model else ["antonym", "country-capital"]
     t = time.perf_counter()
-    sig = cma_significant_heads(model, tasks, aba_abb=True, n=args.n_eval, progress=False)
-    print(f"CMA in {time.perf_counter() - t:.0f} s")
+    sig = cma_significant_heads(
+        model, tasks, aba_abb=not fv_model, n=args.n_eval, significance=args.significance, progress=False
+    )
+    print(f"CMA in {time.perf_counter() - t:.0f} s ({args.significance})")
+    print(md(sig.groupby(["task", "method"]).significant.sum().reset_index(), index=False))
     cfg = CHGConfig(n_updates=args.updates, batch_size=args.batch)
     fac = []
     for name in sorted(set(sig.task)):
         base = name.split("/")[0]
-        data = aba_abb_task(256, seed=5) if base == "aba-abb" else function_task(base, "icl", n=256, seed=5)
+        if base == "aba-abb":
+            data = aba_abb_task(256, seed=5)
+        elif base in FV_TASK_NAMES:
+            data = fv_task(base, n=256, seed=5)
+        else:
+            data = function_task(base, "icl", n=256, seed=5)
         res = fit_seeds(model, data, cfg, args, name)
         a = res.aggregate("any")
         a["task"] = name
         fac.append(a)
     fac = pd.concat(fac, ignore_index=True)
-    sig.to_csv(args.out / "cma_significant.csv", index=False)
-    fac.to_csv(args.out / "chg_facilitation_any.csv", index=False)
+    tag = f"{args.model}_{args.significance}"
+    sig.to_csv(args.out / f"cma_significant_{tag}.csv", index=False)
+    fac.to_csv(args.out / f"chg_facilitation_any_{tag}.csv", index=False)
     print(md(compare_with_cma(fac, sig).round(4), index=False))
 
 
@@ -135,7 +179,14 @@ def main() -> None:
     ap.add_argument("--updates", type=int, default=500)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--per-forward", type=int, default=None, help="seeds per forward (default: all)")
-    ap.add_argument("--tasks", default="")
+    ap.add_argument(
+        "--tasks", default="", help="comma-separated; 'none': no function tasks (cma: ABA/ABB only)"
+    )
+    ap.add_argument("--model", default="tasks-4l", help="cma: tasks-4l (function tasks + ABA/ABB) or fv-4l")
+    ap.add_argument(
+        "--significance", choices=["sigma", "permutation"], default="sigma", help="cma: the AIE rule"
+    )
+    ap.add_argument("--lams", default="", help="contrastive: comma-separated λ values (default: the paper's)")
     ap.add_argument("--n-train", type=int, default=64)
     ap.add_argument("--n-eval", type=int, default=50)
     ap.add_argument("--threads", type=int, default=0)

@@ -564,3 +564,34 @@ def test_result_saves_and_loads_exactly_and_refuses_tampering(tmp_path):
         MechheadsError, match=r"tensor 'zero.logits' of shape \[2, 1, 4\].*expected \[3, 1, 4\]"
     ):
         CHGResult.load(path)
+
+
+def test_contrastive_transfer_leaves_each_task_out_and_reports_both_splits():
+    import pandas as pd
+
+    from mechheads import zoo
+    from mechheads.chg import ContrastiveConfig, contrastive_separation, contrastive_transfer, evaluate_gates
+    from mechheads.tasks.generators import function_task_pair
+
+    model = zoo.load("tasks-4l")
+    tasks = ["antonym", "capitalize"]
+    cfg = ContrastiveConfig(n_updates=3, batch_size=8)
+    df = contrastive_transfer(
+        model, tasks, n_train=8, n_eval=6, config=cfg, validation=True, forget_formats=("icl",), progress=False
+    )
+    # one row per (held-out task, forgotten format, split, evaluated format, gated or not)
+    assert len(df) == 2 * 1 * 2 * 2 * 2
+    assert set(df.split) == {"test", "validation"} and set(df.held_out) == set(tasks)
+    assert (df.retain == "instruction").all()
+    # the ungated rows are the plain model's accuracy on the held-out task's prompts of each split
+    for split, seed in (("test", 10_000), ("validation", 20_000)):
+        icl, _ = function_task_pair("antonym", n=6, seed=seed)
+        plain = evaluate_gates(model, icl, torch.ones(1, 4, 4), metric="accuracy")[0]
+        row = df[(df.held_out == "antonym") & (df.split == split) & (df.eval_format == "icl") & ~df.gated]
+        assert row.accuracy.iloc[0] == pytest.approx(float(plain))
+    sep = contrastive_separation(df).set_index("split")
+    g = df[df.gated & (df.split == "test")]
+    want = g[g.eval_format == "instruction"].accuracy.mean() - g[g.eval_format == "icl"].accuracy.mean()
+    assert sep.loc["test", "separation"] == pytest.approx(want)
+    with pytest.raises(MechheadsError, match="lacks columns"):
+        contrastive_separation(pd.DataFrame({"held_out": []}))

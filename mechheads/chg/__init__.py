@@ -44,6 +44,7 @@ from mechheads.chg.config import DEFAULT_LAMBDA, Aggregate, CHGConfig, Phase, Ph
 from mechheads.chg.contrastive import (
     ContrastiveConfig,
     ContrastiveResult,
+    contrastive_separation,
     contrastive_transfer,
     fit_contrastive,
 )
@@ -77,6 +78,7 @@ __all__ = [
     "ValidationResult",
     "check_gateable",
     "compare_with_cma",
+    "contrastive_separation",
     "contrastive_transfer",
     "evaluate_gates",
     "fit",

@@ -107,12 +107,18 @@ def contrastive_transfer(
     forget_formats: Sequence[str] = ("icl", "instruction"),
     seed: int = 0,
     config: ContrastiveConfig | None = None,
+    validation: bool = False,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Leave-one-task-out contrastive CHG over the function tasks (paper §4.4, Fig. 5): for each
     held-out task and each forgotten format, fit on the other tasks' matched pairs (forget that
     format, retain the other), then measure held-out accuracy in both formats with and without
-    the gates. Returns one row per (held_out, forget, eval_format, gated)."""
+    the gates. Returns one row per (held_out, forget, eval_format, gated): accuracy, n, split.
+
+    Evaluation prompts are of seed ``seed + 10_000`` (split ``"test"``). With ``validation`` the
+    same gates are also evaluated on ``n_eval`` other prompts (seed ``seed + 20_000``, split
+    ``"validation"``), so that an option such as λ can be chosen on one set and reported on the
+    other (:func:`contrastive_separation`)."""
     from mechheads.tasks.generators import FUNCTION_TASK_NAMES, function_task_pair
 
     tasks = list(FUNCTION_TASK_NAMES if tasks is None else tasks)
@@ -123,7 +129,8 @@ def contrastive_transfer(
         if f not in ("icl", "instruction"):
             raise MechheadsError(f"forget format {f!r} is not one of ['icl', 'instruction']")
     train = {t: function_task_pair(t, n=n_train, seed=seed) for t in tasks}
-    evals = {t: function_task_pair(t, n=n_eval, seed=seed + 10_000) for t in tasks}
+    splits = {"test": seed + 10_000, **({"validation": seed + 20_000} if validation else {})}
+    evals = {(t, sp): function_task_pair(t, n=n_eval, seed=s) for t in tasks for sp, s in splits.items()}
     rows = []
     for held in tasks:
         others = [t for t in tasks if t != held]
@@ -132,24 +139,47 @@ def contrastive_transfer(
             ret = _concat([train[t][1 - fi] for t in others])
             fgt = _concat([train[t][fi] for t in others])
             res = fit_contrastive(model, ret, fgt, seeds=[seed], config=config, progress=progress)
-            for ei, fmt in enumerate(("icl", "instruction")):
-                task = evals[held][ei]
-                none = evaluate_gates(
-                    model, task, torch.ones(1, model.cfg.n_layers, model.cfg.n_heads), metric="accuracy"
-                )
-                gated = evaluate_gates(model, task, res.gates, metric="accuracy")
-                for flag, acc in ((False, none), (True, gated)):
-                    rows.append(
-                        {
-                            "held_out": held,
-                            "forget": forget,
-                            "retain": ("icl", "instruction")[1 - fi],
-                            "eval_format": fmt,
-                            "gated": flag,
-                            "accuracy": float(acc[0]),
-                            "n": len(task),
-                        }
+            for split in splits:
+                for ei, fmt in enumerate(("icl", "instruction")):
+                    task = evals[held, split][ei]
+                    none = evaluate_gates(
+                        model, task, torch.ones(1, model.cfg.n_layers, model.cfg.n_heads), metric="accuracy"
                     )
+                    gated = evaluate_gates(model, task, res.gates, metric="accuracy")
+                    for flag, acc in ((False, none), (True, gated)):
+                        rows.append(
+                            {
+                                "held_out": held,
+                                "forget": forget,
+                                "retain": ("icl", "instruction")[1 - fi],
+                                "eval_format": fmt,
+                                "gated": flag,
+                                "accuracy": float(acc[0]),
+                                "n": len(task),
+                                "split": split,
+                            }
+                        )
+    return pd.DataFrame(rows)
+
+
+def contrastive_separation(table: pd.DataFrame) -> pd.DataFrame:
+    """How well contrastive gates separate the formats on held-out tasks, from
+    :func:`contrastive_transfer`'s table: per (split, forget), the mean gated accuracy of the
+    retained format and of the forgotten one over held-out tasks, and separation = retained −
+    forgotten (the paper's Fig. 5 effect: the forgotten format collapses, the retained one stays).
+    """
+    need = {"held_out", "forget", "retain", "eval_format", "gated", "accuracy"}
+    if not need <= set(table.columns):
+        raise MechheadsError(
+            f"table lacks columns {sorted(need - set(table.columns))}; pass contrastive_transfer's output"
+        )
+    t = table if "split" in table.columns else table.assign(split="test")
+    g = t[t.gated]
+    rows = []
+    for (split, forget), d in g.groupby(["split", "forget"], sort=True):
+        kept = d[d.eval_format == d.retain].accuracy.mean()
+        lost = d[d.eval_format == d.forget].accuracy.mean()
+        rows.append(dict(split=split, forget=forget, retained=kept, forgotten=lost, separation=kept - lost))
     return pd.DataFrame(rows)
 
 
@@ -161,4 +191,10 @@ def _concat(tasks: Sequence[Task]) -> Task:
     )
 
 
-__all__ = ["ContrastiveConfig", "ContrastiveResult", "contrastive_transfer", "fit_contrastive"]
+__all__ = [
+    "ContrastiveConfig",
+    "ContrastiveResult",
+    "contrastive_separation",
+    "contrastive_transfer",
+    "fit_contrastive",
+]

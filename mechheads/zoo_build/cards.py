@@ -174,11 +174,15 @@ def fv_study(
         tab.insert(0, "task", name)
         aie_tabs.append(tab)
         hits = sig[sig.significant].sort_values("score", ascending=False)
+        perm = significant_heads(aie, method="permutation", seed=seed)
+        perm_hits = perm[perm.significant].sort_values("score", ascending=False)
         sig_rows.append(
             dict(
                 task=name,
                 n_significant=len(hits),
                 heads=" ".join(f"L{r.layer}H{r.head}" for r in hits.itertuples()),
+                n_permutation=len(perm_hits),
+                heads_permutation=" ".join(f"L{r.layer}H{r.head}" for r in perm_hits.itertuples()),
             )
         )
         fv = function_vector(model, aie, k=k)
@@ -315,7 +319,12 @@ model's {model.cfg.n_layers * model.cfg.n_heads} heads:
 
 {_table(top5)}
 
-Heads at least 3 standard deviations above the mean AIE:
+Significant heads: `n_significant` / `heads`, at least 3 standard deviations above the mean AIE \
+(the CHG paper's rule; with {model.cfg.n_layers * model.cfg.n_heads} heads, k equally strong heads \
+reach at most z = √(({model.cfg.n_layers * model.cfg.n_heads} − k) / k)); `n_permutation` / \
+`heads_permutation`, a sign-flip permutation test of each head's per-trial ΔP, p < 0.01 / \
+{model.cfg.n_layers * model.cfg.n_heads} (Bonferroni) and AIE > 0 \
+(mechheads.function_vectors.significant_heads):
 
 {_table(st.significant)}
 
