@@ -149,8 +149,16 @@ def resolve(model: Any, executor: Executor | None) -> tuple[HeadModel, ModelSpec
         )
     found = as_spec(model)
     if found is not None:
-        return found.load(), spec
+        global _DRIVER_MODEL
+        if _DRIVER_MODEL is None or _DRIVER_MODEL[0] != found:
+            _DRIVER_MODEL = (found, found.load())
+        return _DRIVER_MODEL[1], spec
     return model, spec  # a model object (checked by the method)
+
+
+# The driver's copy of the last model loaded from a spec: a method that calls another with the same
+# spec (the AIE calls patch_heads) loads it once.
+_DRIVER_MODEL: tuple[ModelSpec, HeadModel] | None = None
 
 
 # ----- executors ---------------------------------------------------------------------------------
@@ -214,6 +222,9 @@ class RayExecutor:
         units_per_worker: a sweep is cut into about this many units per worker (load balance
             and checkpoint granularity, against one clean forward per unit).
         progress: a progress bar in the driver over every worker's finished units.
+
+    The workers hold one model at a time: a call with another :class:`ModelSpec` stops them and
+    starts workers for that model (calls with the same spec reuse them, model loaded).
 
     Use it as a context manager, or call :meth:`shutdown`, to stop the actors (and the local Ray
     instance it started).
@@ -305,6 +316,12 @@ class RayExecutor:
     def _pool(self, spec: ModelSpec) -> list:
         ray = self._connect()
         if spec not in self._actors:
+            # One pool at a time: the workers of another model hold the CPUs / GPUs the new ones
+            # need (the new actors would wait for them forever), so they are stopped first.
+            for actors in self._actors.values():
+                for a in actors:
+                    ray.kill(a)
+            self._actors.clear()
             cls = ray.remote(
                 num_cpus=self.cpus_per_worker,
                 num_gpus=self.gpus_per_worker,

@@ -39,6 +39,7 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
+from mechheads import distributed
 from mechheads.ablation import as_batch
 from mechheads.errors import MechheadsError
 from mechheads.heads import Head
@@ -135,7 +136,7 @@ class AIEResult:
 
 
 def average_indirect_effect(
-    model: HeadModel,
+    model: HeadModel | distributed.ModelSpec | str,
     task: Task,
     *,
     n_trials: int = 25,
@@ -144,6 +145,7 @@ def average_indirect_effect(
     seed: int = 0,
     max_rows: int = 512,
     progress: bool = True,
+    executor: distributed.Executor | None = None,
 ) -> AIEResult:
     """Average indirect effect of each head on a function task (Todd et al. §2).
 
@@ -155,6 +157,8 @@ def average_indirect_effect(
             (a variant, not the paper's: the query with no demonstrations, for models whose
             answers survive shuffling, where ΔP is stuck at its ceiling).
         seed: for the shuffling of outputs.
+        executor: patch the heads on workers (:func:`mechheads.patching.patch_heads`); ``model`` is
+            then a :class:`~mechheads.distributed.ModelSpec` or a zoo name. Identical result.
 
     Raises:
         MechheadsError: prompts not in the ``Q:/A:`` format, multi-token answers, or fewer solved
@@ -162,6 +166,7 @@ def average_indirect_effect(
     """
     if not isinstance(n_trials, int) or n_trials < 1:
         raise MechheadsError(f"n_trials must be a positive integer, got {n_trials!r}")
+    given, (model, _) = model, distributed.resolve(model, executor)
     batch = task.batch(model)
     check_first_token(batch, "prob", "task")
     ok = solved(model, batch)
@@ -187,7 +192,14 @@ def average_indirect_effect(
     else:
         raise MechheadsError(f"corruption must be 'shuffled' or 'zero-shot', got {corruption!r}")
     res = patch_heads(
-        model, corrupted, mean, positions="last", metric="prob", max_rows=max_rows, progress=progress
+        given if executor is not None else model,
+        corrupted,
+        mean,
+        positions="last",
+        metric="prob",
+        max_rows=max_rows,
+        progress=progress,
+        executor=executor,
     )
     deltas = res.item_deltas()
     table = res.table[["layer", "head"]].copy()

@@ -50,7 +50,7 @@ import pandas as pd
 import torch
 from jaxtyping import Bool, Float
 
-from mechheads import engine
+from mechheads import distributed, engine
 from mechheads.ablation import Ablation, as_batch, masks_from_head_sets
 from mechheads.errors import MechheadsError
 from mechheads.heads import Head, HeadsLike, all_heads, parse_heads
@@ -300,6 +300,8 @@ def run_patches(
     progress: bool = False,
     desc: str = "patching",
     fused: bool = True,
+    executor: distributed.Executor | None = None,
+    spec: distributed.ModelSpec | None = None,
 ) -> Float[torch.Tensor, "k batch"]:
     """Per-prompt metric under K patches: patch k replaces the heads of ``masks[k]`` with
     ``values`` (an :class:`~mechheads.ablation.Ablation`: ``"resample"`` for a source run aligned to
@@ -308,6 +310,10 @@ def run_patches(
     Runs on the engine (:func:`mechheads.engine.evaluate`): copies of the batch per forward,
     grouped by first patched layer, only the positions a built-in metric reads unembedded, and the
     fused tail where the model allows it (``fused=False`` forces the hook path).
+
+    With an ``executor`` (and the :class:`~mechheads.distributed.ModelSpec` its workers load), the
+    patches are cut into whole chunks of the engine's plan and evaluated on its workers; every
+    value is computed in the same forward as without it, so the result is identical.
 
     Returns [K, batch] float64 on the CPU.
     """
@@ -318,17 +324,36 @@ def run_patches(
     if tuple(pos_masks.shape) != (K, B, T):
         raise MechheadsError(f"pos_masks must be [{K}, {B}, {T}], got {tuple(pos_masks.shape)}")
     values.check_fits(model, batch)
-    fn = item_metric(metric)
+    item_metric(metric)  # a bad metric is refused before any forward
     masks, pos_masks = masks.bool().to(model.device), pos_masks.bool().to(model.device)
     # a patch whose positions are empty touches nothing: treat its mask as clean
     masks = masks & pos_masks.any((1, 2))[:, None, None]
+    if K == 0:
+        return torch.empty(0, B, dtype=torch.float64)
+    if executor is not None:
+        if spec is None:
+            raise MechheadsError("run_patches with an executor needs spec=, the ModelSpec its workers load")
+        return _run_patches_on(
+            executor, spec, batch, masks, values, pos_masks, metric, max_rows, fused, progress, desc
+        )
+    got = _engine_patches(
+        model, batch, masks, values, pos_masks, metric, max_rows, fused, progress, desc, skip=()
+    )
+    return torch.stack([got[i] for i in range(K)])
+
+
+def _engine_patches(model, batch, masks, values, pos_masks, metric, max_rows, fused, progress, desc, *, skip):
+    """The engine call of :func:`run_patches` (in the driver, or in a worker on its unit)."""
+    fn = item_metric(metric)
+    B, T = len(batch), batch.tokens.shape[1]
+    masks, pos_masks = masks.to(model.device), pos_masks.to(model.device)
     read = batch.needed_positions() if metric in METRICS else None
     scored = batch if read is None else batch.select_positions(read)
 
     def score(logits: torch.Tensor, k: int) -> torch.Tensor:
         return _values(fn, logits, scored.repeat(k)).view(k, B).double()
 
-    got = engine.evaluate(
+    return engine.evaluate(
         model,
         batch.tokens,
         masks,
@@ -338,10 +363,75 @@ def run_patches(
         read=read,
         max_rows=max_rows,
         fused=fused,
+        skip=skip,
         progress=progress,
         desc=desc,
     )
-    return torch.stack([got[i] for i in range(K)]) if K else torch.empty(0, B, dtype=torch.float64)
+
+
+def _patches_unit(model: HeadModel, shared: dict, indices: list[int]) -> torch.Tensor:
+    """A worker's unit of :func:`run_patches`: the per-prompt values of patches ``indices`` (whole
+    chunks of the engine's plan, so each is computed in the same forward as in one process)."""
+    s = shared
+    batch = s["batch"].to(model.device)
+    s["values"].check_fits(model, batch)
+    keep = set(indices)
+    skip = [i for i in range(s["masks"].shape[0]) if i not in keep]
+    got = _engine_patches(
+        model,
+        batch,
+        s["masks"],
+        s["values"],
+        s["pos_masks"],
+        s["metric"],
+        s["max_rows"],
+        s["fused"],
+        False,
+        "",
+        skip=skip,
+    )
+    return torch.stack([got[i].cpu() for i in indices])
+
+
+def _run_patches_on(executor, spec, batch, masks, values, pos_masks, metric, max_rows, fused, progress, desc):
+    """:func:`run_patches`' values computed on ``executor``'s workers, unit by unit."""
+    chunks = engine.plan_chunks(engine.first_layers(masks), len(batch), max_rows)
+    n_units = executor.num_workers * getattr(executor, "units_per_worker", 1)
+    units: list[list[int]] = [sum(group, []) for group in distributed.split_evenly(chunks, n_units)]
+    shared = dict(
+        batch=batch.to("cpu"),
+        masks=masks.cpu(),
+        values=values,
+        pos_masks=pos_masks.cpu(),
+        metric=metric,
+        max_rows=max_rows,
+        fused=fused,
+    )
+
+    def decode(path, payload, tensors):
+        return tensors["values"]
+
+    results = distributed.run_units(
+        executor,
+        spec,
+        _patches_unit,
+        shared,
+        units,
+        fingerprint="",
+        encode=lambda r: ({}, {"values": r}),
+        decode=decode,
+        weights=[len(u) for u in units],
+        progress=progress and getattr(executor, "progress", True),
+        desc=desc,
+    )
+    out = torch.empty(masks.shape[0], len(batch), dtype=torch.float64)
+    for unit, vals in zip(units, results, strict=True):
+        if tuple(vals.shape) != (len(unit), len(batch)):
+            raise MechheadsError(
+                f"a worker returned values of shape {tuple(vals.shape)} for a unit of {len(unit)} patches"
+            )
+        out[unit] = vals.double()
+    return out
 
 
 # ----- results -----------------------------------------------------------------------------------
@@ -417,7 +507,7 @@ def _prepare(model, dest, source, positions, source_positions, metric, per_posit
 
 
 def patch_heads(
-    model: HeadModel,
+    model: HeadModel | distributed.ModelSpec | str,
     dest: Task | TokenBatch,
     source: Source,
     *,
@@ -428,6 +518,7 @@ def patch_heads(
     metric: str | ItemMetric = "prob",
     max_rows: int = 512,
     progress: bool = True,
+    executor: distributed.Executor | None = None,
 ) -> PatchResult:
     """Patch each head alone (or each (head, position) with ``per_position=True``) from ``source``
     into ``dest`` and measure ``metric`` on ``dest``'s targets.
@@ -442,6 +533,9 @@ def patch_heads(
         per_position: one patch per (head, j-th selected position) instead of all positions at once.
         metric: a name in :data:`mechheads.tasks.METRICS` or a callable (logits, batch) -> [batch].
         max_rows: cap on batch rows per forward (patches × prompts).
+        executor: evaluate the patches on workers (e.g. ``RayExecutor(num_workers=2)``); ``model``
+            is then a :class:`~mechheads.distributed.ModelSpec` or a zoo name (or the executor has
+            ``model=``). The result is identical to the one without an executor.
 
     Returns:
         A :class:`PatchResult`.
@@ -450,6 +544,7 @@ def patch_heads(
         >>> res = patch_heads(model, corrupted, clean, positions="last", metric="logit_diff")  # doctest: +SKIP
         >>> res.to_array("delta")                                                              # doctest: +SKIP
     """
+    model, spec = distributed.resolve(model, executor)
     batch, rows, slots, values, src_batch = _prepare(
         model, dest, source, positions, source_positions, metric, per_position
     )
@@ -468,6 +563,8 @@ def patch_heads(
         max_rows=max_rows,
         progress=progress,
         desc="patching heads",
+        executor=executor,
+        spec=spec,
     ).numpy()
     base = metric_per_item(model, batch, metric).numpy()
     src_items = None

@@ -123,7 +123,9 @@ def test_a_unit_whose_workers_keep_dying_gives_up_with_a_clear_error(executor, m
 
 
 # ----- resume from per-unit state files ----------------------------------------------------------
-def test_resume_runs_only_missing_units_and_refuses_another_runs_folder(executor, model, tmp_path, monkeypatch):
+def test_resume_runs_only_missing_units_and_refuses_another_runs_folder(
+    executor, model, tmp_path, monkeypatch
+):
     task = induction_task(16, seq_len=8, seed=1)
     ref = sweep_heads(model, task, "zero", max_rows=48, progress=False)
     ck = tmp_path / "ck"
@@ -146,10 +148,14 @@ def test_chg_resume_from_seed_group_files(executor, tmp_path, monkeypatch):
 
     task = induction_task(32, seq_len=8, seed=4)
     cfg = chg.CHGConfig(n_updates=4, batch_size=8)
-    a = chg.fit(SPEC, task, seeds=[5, 6], config=cfg, progress=False, executor=executor, checkpoint_dir=tmp_path)
+    a = chg.fit(
+        SPEC, task, seeds=[5, 6], config=cfg, progress=False, executor=executor, checkpoint_dir=tmp_path
+    )
     assert len(list(tmp_path.glob("unit-*.json"))) == 2 and len(list(tmp_path.glob("*.safetensors"))) == 2
     monkeypatch.setattr(fitting, "_group_unit", always_crash)
-    b = chg.fit(SPEC, task, seeds=[5, 6], config=cfg, progress=False, executor=executor, checkpoint_dir=tmp_path)
+    b = chg.fit(
+        SPEC, task, seeds=[5, 6], config=cfg, progress=False, executor=executor, checkpoint_dir=tmp_path
+    )
     for phase in ("zero", "plus", "minus"):
         assert torch.equal(a.phases[phase].trajectory, b.phases[phase].trajectory)
 
@@ -177,7 +183,13 @@ def test_unreachable_cluster_is_a_clear_error(monkeypatch):
 @pytest.mark.no_typecheck  # wrongly typed input on purpose
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(num_workers=0), dict(num_workers=1.5), dict(gpus_per_worker=-1), dict(max_retries=-1), dict(model=3)],
+    [
+        dict(num_workers=0),
+        dict(num_workers=1.5),
+        dict(gpus_per_worker=-1),
+        dict(max_retries=-1),
+        dict(model=3),
+    ],
 )
 def test_bad_executor_options(kwargs):
     with pytest.raises(MechheadsError):
@@ -288,3 +300,38 @@ def test_gates_and_mask_edits_follow_z_to_its_device():
     with gate_heads(model, gates):
         pass
     assert seen and all(fn(z, None).device.type == "meta" for _, fn in seen)
+
+
+def test_patching_and_the_aie_on_two_workers_equal_single_process(executor, model):
+    from mechheads.function_vectors import average_indirect_effect
+    from mechheads.patching import patch_heads
+    from mechheads.tasks import induction_pair
+
+    clean, corrupted = induction_pair(8, seq_len=6, seed=5)
+    # max_rows=16: two patches per forward, so the 8 heads' patches make several chunks to split
+    ref = patch_heads(
+        model, corrupted, clean, positions="all", metric="logprob", max_rows=16, progress=False
+    )
+    got = patch_heads(
+        SPEC,
+        corrupted,
+        clean,
+        positions="all",
+        metric="logprob",
+        max_rows=16,
+        progress=False,
+        executor=executor,
+    )
+    pd.testing.assert_frame_equal(got.table, ref.table, check_exact=True)
+    assert (got.per_item == ref.per_item).all()
+    # the AIE of a function-vector zoo model: solved trials, mean activations, patches on the workers
+    fv_spec = ModelSpec(zoo="fv-4l")
+    fv_model = zoo.load("fv-4l")
+    from mechheads.tasks import fv_task
+
+    task = fv_task("code-a", n=12, seed=3)
+    a = average_indirect_effect(fv_model, task, n_trials=4, max_rows=64, progress=False)
+    # the same workers load the second model on demand (one per ModelSpec)
+    b = average_indirect_effect(fv_spec, task, n_trials=4, max_rows=64, progress=False, executor=executor)
+    pd.testing.assert_frame_equal(b.table, a.table, check_exact=True)
+    assert (b.per_trial == a.per_trial).all()
