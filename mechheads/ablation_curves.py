@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from mechheads import distributed
 from mechheads.ablation import (
     Ablation,
     Method,
@@ -156,7 +157,7 @@ def iterative_pruning(
 
 
 def pairwise_interactions(
-    model: HeadModel,
+    model: HeadModel | distributed.ModelSpec | str,
     task: Task | TokenBatch,
     heads: HeadsLike,
     ablation: Method | Ablation = "zero",
@@ -168,6 +169,7 @@ def pairwise_interactions(
     large: float | None = None,
     max_rows: int = 512,
     progress: bool = True,
+    executor: distributed.Executor | None = None,
 ) -> pd.DataFrame:
     """Effects of ablating each pair of ``heads`` alone and together.
 
@@ -176,7 +178,11 @@ def pairwise_interactions(
     10 % of |baseline|). Head B is a *backup* for A when B's effect with A already ablated,
     effect(A∪B) − effect(A), is at least ``large`` and at least twice B's effect alone
     (``backup_b_for_a``; and symmetrically ``backup_a_for_b``).
+
+    ``executor``: evaluate the single and pair masks on workers (``model`` is then a
+    :class:`~mechheads.distributed.ModelSpec` or a zoo name); the table is identical.
     """
+    given, (model, _) = model, distributed.resolve(model, executor)
     abl, batch, hib, baseline = prepare(model, task, ablation, alpha, metric, higher_is_better)
     hs = parse_heads(heads, model)
     if len(hs) < 2:
@@ -186,7 +192,7 @@ def pairwise_interactions(
     pairs = list(combinations(range(len(hs)), 2))
     sets = [[h] for h in hs] + [[hs[a], hs[b]] for a, b in pairs]
     values = evaluate_masks(
-        model,
+        given if executor is not None else model,
         batch,
         masks_from_head_sets(model, sets),
         abl,
@@ -194,6 +200,7 @@ def pairwise_interactions(
         max_rows=max_rows,
         progress=progress,
         desc="pairs",
+        executor=executor,
     ).numpy()
     dmg = damage(values, baseline, hib)
     single = dmg[: len(hs)]

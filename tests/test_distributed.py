@@ -309,9 +309,7 @@ def test_patching_and_the_aie_on_two_workers_equal_single_process(executor, mode
 
     clean, corrupted = induction_pair(8, seq_len=6, seed=5)
     # max_rows=16: two patches per forward, so the 8 heads' patches make several chunks to split
-    ref = patch_heads(
-        model, corrupted, clean, positions="all", metric="logprob", max_rows=16, progress=False
-    )
+    ref = patch_heads(model, corrupted, clean, positions="all", metric="logprob", max_rows=16, progress=False)
     got = patch_heads(
         SPEC,
         corrupted,
@@ -335,3 +333,13 @@ def test_patching_and_the_aie_on_two_workers_equal_single_process(executor, mode
     b = average_indirect_effect(fv_spec, task, n_trials=4, max_rows=64, progress=False, executor=executor)
     pd.testing.assert_frame_equal(b.table, a.table, check_exact=True)
     assert (b.per_trial == a.per_trial).all()
+
+
+def test_pairwise_interactions_on_two_workers_equal_single_process(executor, model):
+    from mechheads.ablation_curves import pairwise_interactions
+
+    task = induction_task(8, seq_len=6, seed=6)
+    heads = ["L0H0", "L0H3", "L1H0", "L1H1"]
+    ref = pairwise_interactions(model, task, heads, "zero", max_rows=24, progress=False)
+    got = pairwise_interactions(SPEC, task, heads, "zero", max_rows=24, progress=False, executor=executor)
+    pd.testing.assert_frame_equal(got, ref, check_exact=True)
