@@ -343,3 +343,27 @@ def test_pairwise_interactions_on_two_workers_equal_single_process(executor, mod
     ref = pairwise_interactions(model, task, heads, "zero", max_rows=24, progress=False)
     got = pairwise_interactions(SPEC, task, heads, "zero", max_rows=24, progress=False, executor=executor)
     pd.testing.assert_frame_equal(got, ref, check_exact=True)
+
+
+def test_steering_controls_and_contrastive_loto_on_two_workers_equal_single_process(executor):
+    from mechheads.chg import ContrastiveConfig, contrastive_transfer
+    from mechheads.pursuit import steering_effect
+    from mechheads.tasks import function_task
+
+    spec = ModelSpec(zoo="tasks-4l")
+    tasks4l = zoo.load("tasks-4l")
+    tasks = {
+        "capitals": function_task("country-capital", n=8, seed=1),
+        "plural": function_task("singular-plural", n=8, seed=1),
+    }
+    ref = steering_effect(tasks4l, tasks, ["L2H1", "L3H0"], n_controls=4, batch_size=8, progress=False)
+    got = steering_effect(
+        spec, tasks, ["L2H1", "L3H0"], n_controls=4, batch_size=8, progress=False, executor=executor
+    )
+    pd.testing.assert_frame_equal(got.table, ref.table, check_exact=True)
+    assert (got.control_deltas == ref.control_deltas).all() and got.control_sets == ref.control_sets
+    cfg = ContrastiveConfig(n_updates=3, batch_size=8)
+    kw = dict(n_train=8, n_eval=6, config=cfg, forget_formats=("icl",), progress=False)
+    ref_t = contrastive_transfer(tasks4l, ["antonym", "capitalize"], **kw)
+    got_t = contrastive_transfer(spec, ["antonym", "capitalize"], executor=executor, **kw)
+    pd.testing.assert_frame_equal(got_t, ref_t, check_exact=True)

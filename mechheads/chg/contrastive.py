@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 from jaxtyping import Float
 
+from mechheads import distributed
 from mechheads.chg.config import DEFAULT_LAMBDA, CHGConfig, PhaseFit
 from mechheads.chg.fitting import check_gateable, check_seeds, fit_phase, init_logits
 from mechheads.chg.objectives import ContrastiveLoss
@@ -99,7 +100,7 @@ def fit_contrastive(
 
 
 def contrastive_transfer(
-    model: HeadModel,
+    model: HeadModel | distributed.ModelSpec | str,
     tasks: Sequence[str] | None = None,
     *,
     n_train: int = 64,
@@ -109,6 +110,7 @@ def contrastive_transfer(
     config: ContrastiveConfig | None = None,
     validation: bool = False,
     progress: bool = True,
+    executor: distributed.Executor | None = None,
 ) -> pd.DataFrame:
     """Leave-one-task-out contrastive CHG over the function tasks (paper §4.4, Fig. 5): for each
     held-out task and each forgotten format, fit on the other tasks' matched pairs (forget that
@@ -118,7 +120,11 @@ def contrastive_transfer(
     Evaluation prompts are of seed ``seed + 10_000`` (split ``"test"``). With ``validation`` the
     same gates are also evaluated on ``n_eval`` other prompts (seed ``seed + 20_000``, split
     ``"validation"``), so that an option such as λ can be chosen on one set and reported on the
-    other (:func:`contrastive_separation`)."""
+    other (:func:`contrastive_separation`).
+
+    ``executor``: one unit per (held-out task, forgotten format) fit on the workers (``model`` is
+    then a :class:`~mechheads.distributed.ModelSpec` or a zoo name); the same seeds and data, so
+    the table equals the one-process run's when the workers use the driver's torch thread count."""
     from mechheads.tasks.generators import FUNCTION_TASK_NAMES, function_task_pair
 
     tasks = list(FUNCTION_TASK_NAMES if tasks is None else tasks)
@@ -128,38 +134,73 @@ def contrastive_transfer(
     for f in forget_formats:
         if f not in ("icl", "instruction"):
             raise MechheadsError(f"forget format {f!r} is not one of ['icl', 'instruction']")
-    train = {t: function_task_pair(t, n=n_train, seed=seed) for t in tasks}
+    model, spec = distributed.resolve(model, executor)
     splits = {"test": seed + 10_000, **({"validation": seed + 20_000} if validation else {})}
-    evals = {(t, sp): function_task_pair(t, n=n_eval, seed=s) for t in tasks for sp, s in splits.items()}
-    rows = []
-    for held in tasks:
-        others = [t for t in tasks if t != held]
-        for forget in forget_formats:
-            fi = 0 if forget == "icl" else 1
-            ret = _concat([train[t][1 - fi] for t in others])
-            fgt = _concat([train[t][fi] for t in others])
-            res = fit_contrastive(model, ret, fgt, seeds=[seed], config=config, progress=progress)
-            for split in splits:
-                for ei, fmt in enumerate(("icl", "instruction")):
-                    task = evals[held, split][ei]
-                    none = evaluate_gates(
-                        model, task, torch.ones(1, model.cfg.n_layers, model.cfg.n_heads), metric="accuracy"
-                    )
-                    gated = evaluate_gates(model, task, res.gates, metric="accuracy")
-                    for flag, acc in ((False, none), (True, gated)):
-                        rows.append(
-                            {
-                                "held_out": held,
-                                "forget": forget,
-                                "retain": ("icl", "instruction")[1 - fi],
-                                "eval_format": fmt,
-                                "gated": flag,
-                                "accuracy": float(acc[0]),
-                                "n": len(task),
-                                "split": split,
-                            }
-                        )
+    shared = dict(
+        tasks=tasks,
+        train={t: function_task_pair(t, n=n_train, seed=seed) for t in tasks},
+        evals={(t, sp): function_task_pair(t, n=n_eval, seed=s) for t in tasks for sp, s in splits.items()},
+        splits=list(splits),
+        seed=seed,
+        config=config,
+    )
+    cells = [(held, forget) for held in tasks for forget in forget_formats]
+    if executor is None:
+        rows = [r for cell in cells for r in _loto_cell(model, shared, cell, progress)]
+    else:
+        results = distributed.run_units(
+            executor,
+            spec,  # type: ignore[arg-type]  # resolve gives a spec with an executor
+            _loto_unit,
+            shared,
+            [[c] for c in cells],
+            fingerprint="",
+            encode=lambda r: ({"rows": r}, {}),
+            decode=lambda path, payload, tensors: payload["rows"],
+            progress=progress and getattr(executor, "progress", True),
+            desc="contrastive LOTO",
+        )
+        rows = [r for unit_rows in results for r in unit_rows]
     return pd.DataFrame(rows)
+
+
+def _loto_cell(model: HeadModel, shared: dict, cell: tuple[str, str], progress: bool = False) -> list[dict]:
+    """One (held-out task, forgotten format) of :func:`contrastive_transfer`: the fit on the other
+    tasks and its evaluation rows."""
+    held, forget = cell
+    s = shared
+    others = [t for t in s["tasks"] if t != held]
+    fi = 0 if forget == "icl" else 1
+    ret = _concat([s["train"][t][1 - fi] for t in others])
+    fgt = _concat([s["train"][t][fi] for t in others])
+    res = fit_contrastive(model, ret, fgt, seeds=[s["seed"]], config=s["config"], progress=progress)
+    rows = []
+    for split in s["splits"]:
+        for ei, fmt in enumerate(("icl", "instruction")):
+            task = s["evals"][held, split][ei]
+            none = evaluate_gates(
+                model, task, torch.ones(1, model.cfg.n_layers, model.cfg.n_heads), metric="accuracy"
+            )
+            gated = evaluate_gates(model, task, res.gates, metric="accuracy")
+            for flag, acc in ((False, none), (True, gated)):
+                rows.append(
+                    {
+                        "held_out": held,
+                        "forget": forget,
+                        "retain": ("icl", "instruction")[1 - fi],
+                        "eval_format": fmt,
+                        "gated": flag,
+                        "accuracy": float(acc[0]),
+                        "n": len(task),
+                        "split": split,
+                    }
+                )
+    return rows
+
+
+def _loto_unit(model: HeadModel, shared: dict, cells: list[tuple[str, str]]) -> list[dict]:
+    """A worker's unit of :func:`contrastive_transfer`."""
+    return [r for cell in cells for r in _loto_cell(model, shared, cell)]
 
 
 def contrastive_separation(table: pd.DataFrame) -> pd.DataFrame:

@@ -14,6 +14,7 @@ import torch
 from jaxtyping import Int
 from tqdm.auto import tqdm
 
+from mechheads import distributed
 from mechheads.errors import MechheadsError
 from mechheads.heads import Head, HeadsLike, parse_heads
 from mechheads.hooks import scale_heads
@@ -189,7 +190,7 @@ class SteeringResult:
 
 
 def steering_effect(
-    model: HeadModel,
+    model: HeadModel | distributed.ModelSpec | str,
     tasks: Mapping[str, Task | TokenBatch],
     heads: HeadsLike,
     *,
@@ -199,6 +200,7 @@ def steering_effect(
     seed: int = 0,
     batch_size: int = 64,
     progress: bool = True,
+    executor: distributed.Executor | None = None,
 ) -> SteeringResult:
     """Rescale ``heads`` by ``alpha`` and measure each task's metric against matched random controls.
 
@@ -206,6 +208,9 @@ def steering_effect(
         tasks: ``{name: Task}``; every task is scored unmodified, steered, and under each control.
         metric: one metric for all tasks, or ``{task name: metric}``.
         n_controls: random head sets (≥ 1; the paper uses ≥ 10) from :func:`matched_random_heads`.
+        executor: score the controls on workers (e.g. ``RayExecutor(num_workers=2)``); ``model`` is
+            then a :class:`~mechheads.distributed.ModelSpec` or a zoo name. The controls are drawn
+            in the driver, so the table is identical to the one without an executor.
 
     Example:
         >>> res = steering_effect(model, {"capitals": function_task("country-capital", n=50)},
@@ -215,24 +220,59 @@ def steering_effect(
     alpha = _check_alpha(alpha)
     if not isinstance(tasks, Mapping) or not tasks:
         raise MechheadsError("tasks must be a non-empty mapping {name: Task}")
+    model, spec = distributed.resolve(model, executor)
     hs = parse_heads(heads, model)
     controls = matched_random_heads(model, hs, n_controls, seed=seed)
     metrics = metric if isinstance(metric, Mapping) else {t: metric for t in tasks}
     missing = [t for t in tasks if t not in metrics]
     if missing:
         raise MechheadsError(f"no metric given for tasks {missing}; metrics were given for {sorted(metrics)}")
+    batches = {name: as_data_batch(model, task) for name, task in tasks.items()}
+    scored: dict[tuple[str, int], float] = {}
+    if executor is not None:
+        cells = [(name, c) for name in tasks for c in range(len(controls))]
+        units = distributed.split_evenly(
+            cells, executor.num_workers * getattr(executor, "units_per_worker", 1)
+        )
+        shared = dict(
+            batches={k: b.to("cpu") for k, b in batches.items()},
+            metrics={k: metrics[k] for k in tasks},
+            controls=controls,
+            alpha=alpha,
+            batch_size=batch_size,
+        )
+        results = distributed.run_units(
+            executor,
+            spec,  # type: ignore[arg-type]  # resolve gives a spec with an executor
+            _controls_unit,
+            shared,
+            units,
+            fingerprint="",
+            encode=lambda r: ({"values": r}, {}),
+            decode=lambda path, payload, tensors: payload["values"],
+            weights=[len(u) for u in units],
+            progress=progress and getattr(executor, "progress", True),
+            desc="steering controls",
+        )
+        for unit, vals in zip(units, results, strict=True):
+            scored.update(zip(unit, vals, strict=True))
     rows, all_deltas = [], []
     bar = tqdm(total=len(tasks) * (2 + len(controls)), desc="steering", disable=not progress, leave=False)
     try:
-        for name, task in tasks.items():
-            batch = as_data_batch(model, task)
+        for name in tasks:
+            batch = batches[name]
             m = metrics[name]
             base = score_heads(model, batch, None, 1.0, m, batch_size=batch_size)
             steered = score_heads(model, batch, hs, alpha, m, batch_size=batch_size)
             bar.update(2)
             deltas = []
-            for s in controls:
-                deltas.append(score_heads(model, batch, s, alpha, m, batch_size=batch_size) - base)
+            for c, s in enumerate(controls):
+                v = (
+                    scored[name, c]
+                    if executor is not None
+                    else score_heads(model, batch, s, alpha, m, batch_size=batch_size)
+                )
+                deltas.append(v - base)
                 bar.update(1)
             d = np.array(deltas)
             delta = steered - base
@@ -256,6 +296,23 @@ def steering_effect(
     finally:
         bar.close()
     return SteeringResult(hs, alpha, controls, pd.DataFrame(rows), np.stack(all_deltas))
+
+
+def _controls_unit(model: HeadModel, shared: dict, cells: list[tuple[str, int]]) -> list[float]:
+    """A worker's unit of :func:`steering_effect`: the metric under control set ``c`` on task
+    ``name`` for each (name, c) of ``cells``."""
+    s = shared
+    return [
+        score_heads(
+            model,
+            s["batches"][name].to(model.device),
+            s["controls"][c],
+            s["alpha"],
+            s["metrics"][name],
+            batch_size=s["batch_size"],
+        )
+        for name, c in cells
+    ]
 
 
 def selectivity_table(results: Mapping[str, SteeringResult], target_task: Mapping[str, str]) -> pd.DataFrame:
