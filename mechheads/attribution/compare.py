@@ -109,7 +109,8 @@ def compare_estimators(
     * ``"integrated_gradients"`` — :func:`integrated_gradients` from all gates 0 to 1, ``ig_steps``.
 
     Score: by default (``signed=False``) every estimator ranks heads by the magnitude of its
-    effect estimate (|metric change|, |gradient|, |attribution|; rollout is already unsigned), so
+    effect estimate (|metric change|, |attribution|; for the gradient Michel et al.'s
+    E_x |∂L(x)/∂ξ|, the ``importance`` of :func:`gradient_importance`; rollout is already unsigned), so
     a head that matters in either direction counts as important, as in the comparison Kadem & Zheng
     (2026) report.
     With ``signed=True`` heads are ranked by the damage each estimator predicts — metric change
@@ -209,6 +210,13 @@ def _comparison_tables(
     for name, df in raw.items():
         column, which = _SCORE[name]
         v = df[column].to_numpy(dtype=float)
+        if not signed and name == "gradient" and "importance" in df.columns:
+            # Michel et al.'s magnitude, E_x |∂L(x)/∂ξ| (gradient_importance's default), not |∂ E_x L/∂ξ|
+            scores[name] = pd.Series(
+                df.importance.to_numpy(dtype=float),
+                index=[f"L{l}H{h}" for l, h in zip(df.layer, df["head"], strict=True)],
+            )
+            continue
         if which is not None:
             # damage predicted: ablation removes the head (metric change = −contribution); the
             # other estimators give the head's contribution (or patch effect) directly
