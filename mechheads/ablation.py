@@ -578,10 +578,7 @@ def _evaluate_masks_on(
     path, progress, desc,
 ) -> dict[int, float]:
     """:func:`evaluate_masks`' values computed on ``executor``'s workers, unit by unit."""
-    first = engine.first_layers(masks)
-    chunks = engine.plan_chunks(first, len(batch), max_rows)
-    n_units = executor.num_workers * getattr(executor, "units_per_worker", 1)
-    units: list[list[int]] = [sum(group, []) for group in distributed.split_evenly(chunks, n_units)]
+    units = distributed.mask_units(executor, masks, len(batch), max_rows)
     shared = dict(
         batch=batch,
         masks=masks.bool().cpu(),

@@ -520,6 +520,21 @@ def fingerprint_of(*parts: Any, tensors: Sequence[torch.Tensor | None] = ()) -> 
     return h.hexdigest()[:16]
 
 
+def units_for(executor: Executor, items: Sequence[Any]) -> list[list[Any]]:
+    """``items`` cut into about ``units_per_worker`` consecutive units per worker of ``executor``."""
+    return split_evenly(items, executor.num_workers * getattr(executor, "units_per_worker", 1))
+
+
+def mask_units(executor: Executor, masks: torch.Tensor, batch_size: int, max_rows: int) -> list[list[int]]:
+    """The units of a masked evaluation: mask indices in whole chunks of the engine's plan
+    (:func:`mechheads.engine.plan_chunks`), so every value is computed in the same forward as
+    without an executor."""
+    from mechheads import engine
+
+    chunks = engine.plan_chunks(engine.first_layers(masks), batch_size, max_rows)
+    return [sum(group, []) for group in units_for(executor, chunks)]
+
+
 def split_evenly(items: Sequence[Any], n_units: int) -> list[list[Any]]:
     """``items`` cut into at most ``n_units`` consecutive runs of near-equal length."""
     n = max(1, min(n_units, len(items)))
@@ -538,6 +553,8 @@ __all__ = [
     "fingerprint_of",
     "resolve",
     "run_units",
+    "mask_units",
     "split_evenly",
+    "units_for",
     "unit_path",
 ]

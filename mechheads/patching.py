@@ -395,9 +395,7 @@ def _patches_unit(model: HeadModel, shared: dict, indices: list[int]) -> torch.T
 
 def _run_patches_on(executor, spec, batch, masks, values, pos_masks, metric, max_rows, fused, progress, desc):
     """:func:`run_patches`' values computed on ``executor``'s workers, unit by unit."""
-    chunks = engine.plan_chunks(engine.first_layers(masks), len(batch), max_rows)
-    n_units = executor.num_workers * getattr(executor, "units_per_worker", 1)
-    units: list[list[int]] = [sum(group, []) for group in distributed.split_evenly(chunks, n_units)]
+    units = distributed.mask_units(executor, masks, len(batch), max_rows)
     shared = dict(
         batch=batch.to("cpu"),
         masks=masks.cpu(),

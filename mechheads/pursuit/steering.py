@@ -231,9 +231,7 @@ def steering_effect(
     scored: dict[tuple[str, int], float] = {}
     if executor is not None:
         cells = [(name, c) for name in tasks for c in range(len(controls))]
-        units = distributed.split_evenly(
-            cells, executor.num_workers * getattr(executor, "units_per_worker", 1)
-        )
+        units = distributed.units_for(executor, cells)
         shared = dict(
             batches={k: b.to("cpu") for k, b in batches.items()},
             metrics={k: metrics[k] for k in tasks},
