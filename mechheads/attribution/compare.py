@@ -191,14 +191,16 @@ def _check_ranking_options(k, n: int, signed: bool, named: bool) -> None:
         raise MechheadsError("signed=True needs named metrics (their direction is known); use signed=False")
 
 
-# estimator -> (column of its own output, which metric's direction signs it: 0 task, 1 patch pair, None unsigned)
-_SCORE = {
-    "ablation": ("delta", 0),
-    "patching": ("delta", 1),
-    "gradient": ("gradient", 0),
-    "attribution_patching": ("estimate", 1),
-    "rollout": ("score", None),
-    "integrated_gradients": ("attribution", 0),
+# estimator -> (column of its own output, which metric's direction signs it: 0 task, 1 patch pair,
+# None unsigned, the column of its magnitude when that is not |own column|: the gradient's is Michel
+# et al.'s E_x |∂L(x)/∂ξ| (gradient_importance's importance), not |∂ E_x L/∂ξ|)
+_SCORE: dict[str, tuple[str, int | None, str | None]] = {
+    "ablation": ("delta", 0, None),
+    "patching": ("delta", 1, None),
+    "gradient": ("gradient", 0, "importance"),
+    "attribution_patching": ("estimate", 1, None),
+    "rollout": ("score", None, None),
+    "integrated_gradients": ("attribution", 0, None),
 }
 
 
@@ -208,19 +210,15 @@ def _comparison_tables(
     """Rankings and pairwise agreement from the estimators' own outputs (see compare_estimators)."""
     scores: dict[str, pd.Series] = {}
     for name, df in raw.items():
-        column, which = _SCORE[name]
+        column, which, magnitude = _SCORE[name]
         v = df[column].to_numpy(dtype=float)
-        if not signed and name == "gradient" and "importance" in df.columns:
-            # Michel et al.'s magnitude, E_x |∂L(x)/∂ξ| (gradient_importance's default), not |∂ E_x L/∂ξ|
-            scores[name] = pd.Series(
-                df.importance.to_numpy(dtype=float),
-                index=[f"L{l}H{h}" for l, h in zip(df.layer, df["head"], strict=True)],
-            )
-            continue
         if which is not None:
             # damage predicted: ablation removes the head (metric change = −contribution); the
             # other estimators give the head's contribution (or patch effect) directly
-            v = signs[which] * (-v if name == "ablation" else v) if signed else np.abs(v)
+            if signed:
+                v = signs[which] * (-v if name == "ablation" else v)
+            else:
+                v = df[magnitude].to_numpy(dtype=float) if magnitude else np.abs(v)
         scores[name] = pd.Series(v, index=[f"L{l}H{h}" for l, h in zip(df.layer, df["head"], strict=True)])
     frames = []
     for name, sc in scores.items():
