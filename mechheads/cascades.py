@@ -42,12 +42,12 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
-from mechheads.ablation import Ablation, Method, as_ablation, as_batch, masks_from_head_sets
+from mechheads.ablation import Ablation, Method, as_ablation
 from mechheads.engine import masked_hooks
 from mechheads.errors import MechheadsError
-from mechheads.heads import Head, HeadsLike, all_heads, parse_heads
+from mechheads.heads import Head, HeadsLike, all_heads, masks_from_head_sets, parse_heads
 from mechheads.model import HeadModel, hook_pattern, hook_z
-from mechheads.tasks.core import Task, TokenBatch
+from mechheads.tasks.core import Task, TokenBatch, as_batch
 
 Output = Literal["z", "out"]
 COLUMNS = ["src_layer", "src_head", "dst_layer", "dst_head", "output_change", "norm_change", "pattern_change"]

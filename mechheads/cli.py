@@ -62,7 +62,7 @@ def _report_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--task",
         default=None,
-        help="induction, ioi, aba-abb, a function task (antonym, ...), '<function task>-instruction' or a "
+        help="induction, ioi, aba-abb, aba-var, a function task (antonym, ...), '<function task>-instruction' or a "
         "function-vector task (code-a ... code-f) (default: the zoo model's task: "
         + ", ".join(f"{s.default_task} for {n}" for n, s in SPECS.items() if s.default_task)
         + ")",

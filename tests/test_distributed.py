@@ -105,8 +105,8 @@ def test_a_killed_worker_unit_is_retried_and_the_result_is_complete(executor, mo
     ref = sweep_heads(model, task, "zero", max_rows=48, progress=False)
     marker = tmp_path / "crashed"
     # the plain function (the tests' run-time type checker wraps it in an object Ray cannot ship)
-    unit = inspect.unwrap(ablation._masks_unit)
-    monkeypatch.setattr(ablation, "_masks_unit", CrashOnce(unit, str(marker)))
+    unit = inspect.unwrap(ablation.masks._masks_unit)
+    monkeypatch.setattr(ablation.masks, "_masks_unit", CrashOnce(unit, str(marker)))
     before = executor.retried
     got = sweep_heads(SPEC, task, "zero", max_rows=48, progress=False, executor=executor)
     assert marker.exists() and executor.retried == before + 1
@@ -116,7 +116,7 @@ def test_a_killed_worker_unit_is_retried_and_the_result_is_complete(executor, mo
 def test_a_unit_whose_workers_keep_dying_gives_up_with_a_clear_error(executor, model, monkeypatch):
     batch = induction_task(4, seq_len=6).batch(model)
     masks = torch.zeros(2, model.cfg.n_layers, model.cfg.n_heads, dtype=torch.bool)
-    monkeypatch.setattr(ablation, "_masks_unit", always_crash)
+    monkeypatch.setattr(ablation.masks, "_masks_unit", always_crash)
     monkeypatch.setattr(executor, "max_retries", 0)
     with pytest.raises(MechheadsError, match="max_retries=0"):
         evaluate_masks(SPEC, batch, masks, Ablation.zero(), executor=executor)
@@ -133,7 +133,7 @@ def test_resume_runs_only_missing_units_and_refuses_another_runs_folder(
     files = sorted(ck.glob("unit-*.json"))
     assert len(files) >= 2 and not list(ck.glob("*.tmp"))
     with monkeypatch.context() as m:  # every unit on disk: a unit that would kill its worker never runs
-        m.setattr(ablation, "_masks_unit", always_crash)
+        m.setattr(ablation.masks, "_masks_unit", always_crash)
         again = sweep_heads(SPEC, task, "zero", max_rows=48, progress=False, executor=executor, checkpoint=ck)
     files[0].unlink()  # one unit lost: only it is recomputed
     resumed = sweep_heads(SPEC, task, "zero", max_rows=48, progress=False, executor=executor, checkpoint=ck)
@@ -367,3 +367,22 @@ def test_steering_controls_and_contrastive_loto_on_two_workers_equal_single_proc
     ref_t = contrastive_transfer(tasks4l, ["antonym", "capitalize"], **kw)
     got_t = contrastive_transfer(spec, ["antonym", "capitalize"], executor=executor, **kw)
     pd.testing.assert_frame_equal(got_t, ref_t, check_exact=True)
+
+
+def test_no_masks_give_an_empty_result_with_an_executor_as_without():
+    """An empty mask set runs no unit (the executor is asked for none) and returns what the run
+    without an executor returns."""
+    from mechheads.distributed import run_mask_units
+
+    class NoWork:
+        model = None
+        num_workers = 2
+
+        def map(self, spec, fn, shared, units, on_result):
+            assert units == []
+
+    masks = torch.zeros(0, 2, 4, dtype=torch.bool)
+    got = run_mask_units(NoWork(), SPEC, lambda model, shared, unit: [], {}, masks, 4, 64, progress=False)
+    model = zoo.load(MODEL)
+    want = evaluate_masks(model, induction_task(4, seq_len=6).batch(model), masks, Ablation.zero())
+    assert got.dtype == want.dtype == torch.float64 and got.shape == want.shape == (0,)

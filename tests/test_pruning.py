@@ -320,7 +320,7 @@ def test_figures_are_matplotlib_figures(backend):
     import matplotlib
 
     matplotlib.use("Agg")
-    from mechheads.viz.pruning import plot_learned_pruning, plot_pruning_comparison
+    from mechheads.viz.pruning import learned_pruning_curve, pruning_comparison
 
     model = build_model(TINY, perturbed_state(TINY), backend=backend)
     comp = compare_pruning(
@@ -332,7 +332,7 @@ def test_figures_are_matplotlib_figures(backend):
         metric="nll",
         progress=False,
     )
-    f1, f2 = plot_learned_pruning(comp.learned), plot_pruning_comparison(comp)
+    f1, f2 = learned_pruning_curve(comp.learned), pruning_comparison(comp)
     assert len(f1.axes) >= 2 and len(f2.axes) >= 2
     assert {t.get_text() for t in f2.axes[0].get_legend().get_texts()} >= {"learned", "iterative", "chg"}
 

@@ -1,57 +1,17 @@
-"""Scale-out on Ray: independent units of a run (chunks of an ablation sweep, CHG seed groups)
-fanned out to worker processes that each load the model once, results gathered in the driver.
-
-Why Ray (Moritz et al., "Ray: A Distributed Framework for Emerging AI Applications", 2018): the
-units here are independent Python calls that each need a large model in memory. Ray's *actors*
-are long-lived worker processes that keep state between calls, so each loads the model once and
-then serves many units; Ray places them on a cluster's CPUs and GPUs (``num_gpus`` per actor),
-ships arguments through its object store (the shared data is put there once), restarts an actor
-whose process died, and runs the same code on one machine (``ray.init()``) and on many. A
-home-made process pool would need all of that rewritten and would stop at one machine.
-
-What a worker gets is a :class:`ModelSpec` — a zoo name, a folder in the zoo's layout or a
-picklable factory — never a pickled model: each worker builds its own copy where it runs (on its
-own GPU, or spread over several with a factory that passes ``device_map``).
-
-Results are *identical* to the single-process run: a sweep is cut into whole chunks of the
-engine's own plan (:func:`mechheads.engine.plan_chunks`), so every mask is evaluated in the same
-forward, with the same rows, as without an executor; a CHG fit is cut into its seed groups
-(``seeds_per_forward``), which are independent fits. Values agree bit for bit given the same
-PyTorch build, device type and number of threads (workers run ``torch_threads`` threads, 1 by
-default; so should the run they are compared with).
-
-Fault handling: a unit whose worker dies (the process is killed, a node is lost) is sent again to
-a worker, up to ``max_retries`` times; Ray restarts the dead actor (``max_restarts``), which loads
-the model again. With a checkpoint folder, the driver writes each finished unit's result there as
-its own state file, atomically (:mod:`mechheads.statefiles`: JSON and safetensors, never pickle), so
-a rerun of an interrupted run computes only the units that are missing.
-
-Example:
-    >>> from mechheads import zoo
-    >>> from mechheads.ablation import sweep_heads
-    >>> from mechheads.distributed import ModelSpec, RayExecutor
-    >>> from mechheads.tasks import induction_task
-    >>> spec = ModelSpec(zoo="induction-2l")
-    >>> with RayExecutor(num_workers=2) as ex:                       # doctest: +SKIP
-    ...     res = sweep_heads(spec, induction_task(64), "zero", executor=ex)
-"""
+"""What a worker loads (:class:`ModelSpec`), resolving a model argument, and the executors (Ray)."""
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
-from tqdm.auto import tqdm
 
-from mechheads import statefiles
 from mechheads.errors import MechheadsError
 from mechheads.model import HeadModel
 
@@ -428,133 +388,4 @@ def _unwrap(e) -> BaseException:
     return cause if isinstance(cause, BaseException) else MechheadsError(str(e))
 
 
-# ----- units with checkpoints and progress -------------------------------------------------------
-UNIT_KIND = "distributed-unit"
-
-
-def unit_path(folder: Path, i: int) -> Path:
-    return folder / f"unit-{i:05d}.json"
-
-
-def run_units(
-    executor: Executor,
-    spec: ModelSpec,
-    fn: UnitFn,
-    shared: Any,
-    units: Sequence[Any],
-    *,
-    fingerprint: str,
-    encode: Callable[[Any], tuple[dict, dict[str, torch.Tensor]]],
-    decode: Callable[[Path, dict, dict[str, torch.Tensor]], Any],
-    weights: Sequence[int] | None = None,
-    checkpoint: str | Path | None = None,
-    progress: bool = True,
-    desc: str = "units",
-) -> list[Any]:
-    """Every unit's result, in unit order, computed by ``executor``.
-
-    With ``checkpoint`` (a folder), unit i's result is stored as ``unit-{i:05d}.json`` (plus a
-    safetensors file for its tensors), written atomically by the driver as the unit finishes:
-    ``encode(result)`` -> (JSON payload, tensors), ``decode(path, payload, tensors)`` -> result
-    (it checks what it reads). A rerun loads the units already stored and runs the others.
-    ``fingerprint`` identifies the run (model, data, options and the units themselves): a folder
-    holding another run's units is refused. ``weights``: progress per unit (default 1 each).
-    """
-    weights = list(weights) if weights is not None else [1] * len(units)
-    results: dict[int, Any] = {}
-    folder = Path(checkpoint) if checkpoint is not None else None
-    if folder is not None:
-        if folder.exists() and not folder.is_dir():
-            raise MechheadsError(
-                f"checkpoint {str(folder)!r} must be a folder (one state file per unit) when an executor runs"
-            )
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(len(units)):
-            path = unit_path(folder, i)
-            if not path.exists():
-                continue
-            payload, tensors = statefiles.load(path, UNIT_KIND)
-            statefiles.check(path, payload, {"fingerprint": str, "unit": int, "result": dict})
-            if payload["fingerprint"] != fingerprint or payload["unit"] != i:
-                raise MechheadsError(
-                    f"checkpoint {str(path)!r} belongs to a different run (model, data, options or the split "
-                    "into units differ); delete the folder or pass another one"
-                )
-            results[i] = decode(path, payload["result"], tensors)
-    todo = [i for i in range(len(units)) if i not in results]
-    bar = tqdm(
-        total=sum(weights),
-        initial=sum(weights[i] for i in results),
-        desc=desc,
-        disable=not progress,
-        leave=False,
-    )
-
-    def done(j: int, result: Any) -> None:
-        i = todo[j]
-        results[i] = result
-        if folder is not None:
-            payload, tensors = encode(result)
-            statefiles.save(
-                unit_path(folder, i),
-                UNIT_KIND,
-                {"fingerprint": fingerprint, "unit": i, "result": payload},
-                tensors or None,
-            )
-        bar.update(weights[i])
-
-    try:
-        executor.map(spec, fn, shared, [units[i] for i in todo], done)
-    finally:
-        bar.close()
-    return [results[i] for i in range(len(units))]
-
-
-def fingerprint_of(*parts: Any, tensors: Sequence[torch.Tensor | None] = ()) -> str:
-    """A short hash of ``repr(parts)`` and the full bytes of ``tensors``."""
-    h = hashlib.sha256(repr(parts).encode())
-    for t in tensors:
-        if t is not None:
-            h.update(repr((tuple(t.shape), str(t.dtype))).encode())
-            h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def units_for(executor: Executor, items: Sequence[Any]) -> list[list[Any]]:
-    """``items`` cut into about ``units_per_worker`` consecutive units per worker of ``executor``."""
-    return split_evenly(items, executor.num_workers * getattr(executor, "units_per_worker", 1))
-
-
-def mask_units(executor: Executor, masks: torch.Tensor, batch_size: int, max_rows: int) -> list[list[int]]:
-    """The units of a masked evaluation: mask indices in whole chunks of the engine's plan
-    (:func:`mechheads.engine.plan_chunks`), so every value is computed in the same forward as
-    without an executor."""
-    from mechheads import engine
-
-    chunks = engine.plan_chunks(engine.first_layers(masks), batch_size, max_rows)
-    return [sum(group, []) for group in units_for(executor, chunks)]
-
-
-def split_evenly(items: Sequence[Any], n_units: int) -> list[list[Any]]:
-    """``items`` cut into at most ``n_units`` consecutive runs of near-equal length."""
-    n = max(1, min(n_units, len(items)))
-    bounds = [round(k * len(items) / n) for k in range(n + 1)]
-    return [list(items[bounds[k] : bounds[k + 1]]) for k in range(n) if bounds[k + 1] > bounds[k]]
-
-
-__all__ = [
-    "EXTRA",
-    "Executor",
-    "ModelSpec",
-    "RayExecutor",
-    "UNIT_KIND",
-    "UnitFn",
-    "as_spec",
-    "fingerprint_of",
-    "resolve",
-    "run_units",
-    "mask_units",
-    "split_evenly",
-    "units_for",
-    "unit_path",
-]
+__all__ = ["EXTRA", "UnitFn", "ModelSpec", "as_spec", "resolve", "Executor", "RayExecutor"]
