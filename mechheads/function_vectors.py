@@ -40,12 +40,11 @@ from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from mechheads import distributed
-from mechheads.ablation import as_batch
 from mechheads.errors import MechheadsError
 from mechheads.heads import Head
 from mechheads.model import HeadModel, hook_resid_post
 from mechheads.patching import check_first_token, mean_activations, metric_per_item, patch_heads
-from mechheads.tasks.core import Task, TokenBatch
+from mechheads.tasks.core import Task, TokenBatch, as_batch
 from mechheads.tasks.metrics import accuracy
 
 _DEMO = re.compile(r"Q: ([^\n]*)\nA: ([^\n]*)\n\n")
@@ -146,6 +145,7 @@ def average_indirect_effect(
     max_rows: int = 512,
     progress: bool = True,
     executor: distributed.Executor | None = None,
+    filter_solved: bool = True,
 ) -> AIEResult:
     """Average indirect effect of each head on a function task (Todd et al. §2).
 
@@ -159,6 +159,9 @@ def average_indirect_effect(
         seed: for the shuffling of outputs.
         executor: patch the heads on workers (:func:`mechheads.patching.patch_heads`); ``model`` is
             then a :class:`~mechheads.distributed.ModelSpec` or a zoo name. Identical result.
+        filter_solved: keep only items the model solves 10-shot (Todd et al.; the default). With
+            False the first ``n_trials`` items are the trials whatever the model answers (a model
+            that solves few items, or random weights for timing); ``filtered`` says so.
 
     Raises:
         MechheadsError: prompts not in the ``Q:/A:`` format, multi-token answers, or fewer solved
@@ -169,7 +172,7 @@ def average_indirect_effect(
     given, (model, _) = model, distributed.resolve(model, executor)
     batch = task.batch(model)
     check_first_token(batch, "prob", "task")
-    ok = solved(model, batch)
+    ok = solved(model, batch) if filter_solved else np.ones(len(task), dtype=bool)
     kept = np.flatnonzero(ok)
     if len(kept) < n_trials:
         raise MechheadsError(
@@ -179,7 +182,10 @@ def average_indirect_effect(
     trials = task.subset(kept[:n_trials].tolist())
     filtered = pd.DataFrame(
         [
-            dict(reason="not solved by the model 10-shot", n=int((~ok).sum())),
+            dict(
+                reason="not solved by the model 10-shot" if filter_solved else "not filtered (filter_solved=False)",
+                n=int((~ok).sum()),
+            ),
             dict(reason="solved, beyond n_trials", n=int(len(kept) - n_trials)),
             dict(reason="kept as trials", n=int(n_trials)),
         ]

@@ -19,6 +19,7 @@ from mechheads.function_vectors import (
     significant_heads,
     zero_shot_task,
 )
+from mechheads.patching import patch_heads
 from mechheads.tasks import function_task
 from mechheads.tasks.metrics import accuracy, first_token_prob
 from mechheads.tokenizer import WordTokenizer
@@ -93,6 +94,25 @@ def test_aie_equals_patching_each_head_by_hand_and_reports_filtering(tasks4l):
     assert res.to_array().shape == (4, 4)
 
 
+def test_aie_without_the_solved_filter_takes_the_first_items(tasks4l):
+    task = function_task("country-capital", n=6, seed=3)
+    # shuffled outputs as the "clean" task: the model solves few of them, and the filter is off
+    hard = shuffled_task(task, seed=1)
+    res = average_indirect_effect(tasks4l, hard, n_trials=5, filter_solved=False, progress=False)
+    assert res.per_trial.shape == (16, 5)
+    assert res.filtered.set_index("reason").n["kept as trials"] == 5
+    assert "not filtered (filter_solved=False)" in set(res.filtered.reason)
+    ref = patch_heads(
+        tasks4l,
+        shuffled_task(hard.subset(range(5))),
+        mean_head_activations(tasks4l, hard),
+        positions="last",
+        metric="prob",
+        progress=False,
+    )
+    assert np.allclose(res.table.aie.to_numpy(), ref.item_deltas().mean(1), atol=1e-7)
+
+
 def test_function_vector_is_the_sum_of_top_heads_through_W_O(tasks4l):
     L, H, dh = 4, 4, 32
     g = torch.Generator().manual_seed(0)
@@ -139,7 +159,6 @@ def test_significant_heads_are_three_sigma_above_the_mean():
     assert set(sig.columns) >= {"task", "method", "layer", "head", "score", "z", "significant"}
 
 
-
 def test_three_sigma_can_select_at_most_the_bound_and_the_permutation_test_has_no_such_cap():
     # 16 heads, 4 with the same clear positive effect on every trial, the rest pure noise about 0:
     # z of each of the 4 is exactly sqrt((16 - 4) / 4) = sqrt(3) < 3, so the 3-sigma rule selects
@@ -147,7 +166,9 @@ def test_three_sigma_can_select_at_most_the_bound_and_the_permutation_test_has_n
     rng = np.random.default_rng(0)
     per_trial = rng.normal(0.0, 0.01, (16, 40))
     per_trial[[1, 6, 9, 14]] = 0.2 + rng.normal(0.0, 0.01, (4, 40))
-    per_trial -= per_trial.mean(1, keepdims=True) * np.isin(np.arange(16), [1, 6, 9, 14], invert=True)[:, None]
+    per_trial -= (
+        per_trial.mean(1, keepdims=True) * np.isin(np.arange(16), [1, 6, 9, 14], invert=True)[:, None]
+    )
     aie = per_trial.mean(1)
     table = pd.DataFrame(dict(layer=np.repeat(range(4), 4), head=np.tile(range(4), 4), aie=aie))
     res = AIEResult("t", table, per_trial, pd.DataFrame(), torch.zeros(4, 4, 2), 0.0, 1.0)
@@ -171,6 +192,7 @@ def test_sign_flip_test_p_values_are_uniform_under_the_null_and_small_for_a_shif
     assert sign_flip_test(null[:1] * 0 + 1.0, 999)[0] == pytest.approx(1 / 1000, abs=2e-3)
     with pytest.raises(MechheadsError, match=r"\[rows, n\]"):
         sign_flip_test(np.zeros(5), 10)
+
 
 def test_zero_shot_corruption_variant_patches_into_the_bare_query(tasks4l):
     task = function_task("antonym", n=6, seed=4)

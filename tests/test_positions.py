@@ -6,7 +6,7 @@ import torch
 from mechheads import MechheadsError
 from mechheads.patching import resolve_positions
 from mechheads.tasks import TokenBatch
-from mechheads.tasks.positions import ROLES, check_role, role_mask, role_positions
+from mechheads.tasks.positions import POSITION_ROLES, check_role, role_mask, role_positions
 
 
 def _batch():
@@ -37,12 +37,12 @@ def test_roles_select_what_their_names_say():
     assert role_positions(b, "targets") == [[4, 5], [2, 3]]
     for synonym, role in (("valid", "all"), ("answer", "last")):
         assert torch.equal(role_mask(b, synonym), role_mask(b, role))
-    assert set(ROLES) == {"all", "prompt", "last", "first", "targets"}
+    assert set(POSITION_ROLES) == {"all", "prompt", "last", "first", "targets"}
 
 
 def test_patching_resolves_the_same_roles():
     b = _batch()
-    for role in ROLES:
+    for role in POSITION_ROLES:
         assert resolve_positions(b, role) == role_positions(b, role)
 
 

@@ -61,6 +61,50 @@ def test_third_item_positions_point_at_the_third_items(model_hooked):
             assert got == [x[2] for x in ex]
 
 
+def _var_lines(prompt, sep):
+    *ex, q = prompt.split("\n")
+    return [[x.strip() for x in e.split(f" {sep} ")] for e in ex], [x.strip() for x in q.split(f" {sep} ")][
+        :2
+    ]
+
+
+def test_variable_format_pairs_keep_the_rules_with_any_separator_and_item_length(model_hooked):
+    from mechheads.tasks.generators import SEPARATORS
+
+    pairs = symbolic_pairs(model_hooked, 40, n_examples=3, seed=2, separators=SEPARATORS, max_item_words=2)
+    assert set(pairs.meta.separator) == set(SEPARATORS)  # every separator drawn in 40 prompts
+    n_words = set()
+    for i in range(40):
+        sep, rule = pairs.meta.separator[i], pairs.meta.rule[i]
+        bex, (c, d) = _var_lines(pairs.base.prompts[i], sep)
+        fex, fq = _var_lines(pairs.flip.prompts[i], sep)
+        sex, sq = _var_lines(pairs.swap.prompts[i], sep)
+        assert all(len(x) == 3 and (x[2] == x[0]) == (rule == "ABA") for x in bex)
+        assert [[b, a, t] for a, b, t in bex] == fex and sex == bex and fq == sq == [d, c]
+        assert pairs.base.targets[i] == (c if rule == "ABA" else d).split()[0]  # the item's first word
+        assert pairs.meta.answer[i] == (c if rule == "ABA" else d)
+        firsts = [item.split()[0] for x in bex for item in x[:2]] + [c.split()[0], d.split()[0]]
+        assert len(set(firsts)) == len(firsts)  # first tokens name the items
+        n_words |= {len(item.split()) for x in bex for item in x}
+    assert n_words == {1, 2}
+    # a third item's position is its last token, in every version
+    for version, task in (("base", pairs.base), ("flip", pairs.flip)):
+        batch = task.batch(model_hooked)
+        for i in range(8):
+            ex, _ = _var_lines(task.prompts[i], pairs.meta.separator[i])
+            got = model_hooked.to_str_tokens(batch.tokens[i, pairs.third_items[version][i]])
+            assert got == [x[2].split()[-1] for x in ex]
+
+
+def test_variable_format_defaults_leave_the_compact_pairs_unchanged(model_hooked):
+    a = symbolic_pairs(model_hooked, 6, seed=3)
+    b = symbolic_pairs(model_hooked, 6, seed=3, separators=("^",), max_item_words=1)
+    assert a.base.prompts == b.base.prompts and a.flip.targets == b.flip.targets
+    assert all("^" in p and " " not in p for p in a.base.prompts)
+    with pytest.raises(MechheadsError, match="separator"):
+        symbolic_pairs(model_hooked, 6, separators=())
+
+
 def test_permutation_test_p_values():
     g = np.random.default_rng(0)
     own, null = g.normal(1.0, 0.1, (2, 30)), g.normal(0.0, 0.1, (2, 30))
@@ -82,7 +126,7 @@ def test_scores_equal_patching_one_head_by_hand(tasks4l):
     assert res.per_pair["abstraction"].shape == (16, kept)
     # by hand, head L2H1 at the third-item positions, flip pairs solved in both versions
     from mechheads.function_vectors import solved
-    from mechheads.symbolic import _own
+    from mechheads.symbolic.pairs import _own
 
     pairs = res.pairs
     ok = solved(tasks4l, pairs.base) & solved(tasks4l, _own(pairs.flip))
@@ -105,7 +149,6 @@ def test_scores_equal_patching_one_head_by_hand(tasks4l):
     assert (res.scores.significant <= (res.scores.p < res.info["threshold"])).all()
 
 
-
 def test_yang_null_quantile_threshold_sits_next_to_the_permutation_test(tasks4l):
     res = symbolic_scores(tasks4l, n=16, min_pairs=4, n_permutations=99, null_quantile=0.1, progress=False)
     for kind in ("abstraction", "induction", "retrieval"):
@@ -116,6 +159,7 @@ def test_yang_null_quantile_threshold_sits_next_to_the_permutation_test(tasks4l)
     assert res.info["null_quantile"] == 0.1
     with pytest.raises(MechheadsError, match="null_quantile must lie in"):
         symbolic_scores(tasks4l, n=16, min_pairs=4, null_quantile=1.5, progress=False)
+
 
 def test_too_few_solved_pairs_is_a_clear_error(model_hooked):
     with pytest.raises(MechheadsError, match=r"of 6 flip pairs are solved in both.*min_pairs=50"):
@@ -155,3 +199,75 @@ def test_cma_significant_heads_per_task(model_hooked):
     fv = cma[cma.task == "antonym/icl"]
     z = (fv.score - fv.score.mean()) / fv.score.std(ddof=0)
     assert ((z >= 3) == fv.significant).all()
+
+
+def test_line_end_positions_point_at_the_line_breaks_and_feed_the_abstraction_score(model_hooked):
+    from conftest import no_typecheck
+
+    from mechheads.function_vectors import solved
+    from mechheads.symbolic.pairs import _own
+
+    pairs = symbolic_pairs(model_hooked, 12, n_examples=3, seed=1)
+    for version, task in (("base", pairs.base), ("flip", pairs.flip)):
+        batch = task.batch(model_hooked)
+        for i in range(12):
+            assert pairs.line_ends[version][i] == [p + 1 for p in pairs.third_items[version][i]]
+            assert model_hooked.to_str_tokens(batch.tokens[i, pairs.line_ends[version][i]]) == ["\n"] * 3
+    sub = pairs.subset([0, 2])
+    assert sub.line_ends["flip"] == [pairs.line_ends["flip"][0], pairs.line_ends["flip"][2]]
+    res = symbolic_scores(
+        model_hooked,
+        pairs,
+        kinds=("abstraction",),
+        abstraction_at="line_end",
+        n_permutations=200,
+        min_pairs=5,
+        progress=False,
+    )
+    assert res.info["abstraction_at"] == "line_end"
+    # by hand: head L0H1 patched at the line ends of the pairs solved in both versions
+    ok = solved(model_hooked, pairs.base) & solved(model_hooked, _own(pairs.flip))
+    kept = pairs.subset(np.flatnonzero(ok).tolist())
+    exp = kept.flip.batch(model_hooked)
+    with torch.no_grad():
+        before = logit_diff(model_hooked(exp.tokens), exp, "none")
+        with patched(
+            model_hooked,
+            kept.flip,
+            kept.base,
+            ["L0H1"],
+            positions=kept.line_ends["flip"],
+            source_positions=kept.line_ends["base"],
+        ):
+            after = logit_diff(model_hooked(exp.tokens), exp, "none")
+    row = res.scores[(res.scores.layer == 0) & (res.scores["head"] == 1)]
+    assert abs(row.score.iloc[0] - (after - before).mean().item()) < 1e-4
+    with no_typecheck(), pytest.raises(MechheadsError, match="abstraction_at"):
+        symbolic_scores(model_hooked, pairs, abstraction_at="query", progress=False)
+
+
+def test_symbolic_4l_solves_the_variable_format_with_the_retrieval_heads_its_card_names():
+    from mechheads.function_vectors import solved
+    from mechheads.tasks import aba_var_task
+    from mechheads.tasks.generators import SEPARATORS
+    from mechheads.zoo.specs import SPECS
+
+    model = zoo.load("symbolic-4l")
+    assert solved(model, aba_var_task(60, n_examples=4, seed=77)).mean() >= 0.95
+    pairs = symbolic_pairs(model, 40, seed=77, separators=SEPARATORS, max_item_words=2)
+    res = symbolic_scores(model, pairs, kinds=("retrieval",), n_permutations=2000, progress=False)
+    found = {f"L{r.layer}H{r.head}" for r in res.scores[res.scores.significant].itertuples()}
+    assert set(SPECS["symbolic-4l"].head_roles["retrieval"]) <= found
+    top2 = res.scores.sort_values("score", ascending=False).head(2)
+    assert {f"L{r.layer}H{r.head}" for r in top2.itertuples()} == set(SPECS["symbolic-4l"].head_roles["retrieval"])
+
+
+def test_cma_heads_of_the_variable_format_are_reported_under_their_own_task():
+    from mechheads.symbolic import cma_significant_heads
+
+    model = zoo.load("symbolic-4l")
+    sig = cma_significant_heads(
+        model, [], aba_format="variable", n_pairs=30, n_permutations=2000, progress=False
+    )
+    assert set(sig.task) == {"aba-var"} and len(sig) == 32
+    assert "L3H2" in {f"L{r.layer}H{r.head}" for r in sig[sig.significant].itertuples()}

@@ -143,6 +143,28 @@ def test_aba_abb_rule_and_answers():
     assert set(t.meta["rule"]) == {"ABA", "ABB"}
 
 
+def test_aba_var_varies_separator_and_item_length_and_keeps_the_rule():
+    t = gen.aba_var_task(60, n_examples=4, seed=1)
+    assert t.name == "aba-var/k4" and t.prompts == gen.aba_var_task(60, n_examples=4, seed=1).prompts
+    offsets = set()
+    for p, target, alt, m in zip(t.prompts, t.targets, t.alt_targets, t.meta.to_dict("records"), strict=True):
+        sep = f" {m['separator']} "
+        *examples, query = p.split("\n")
+        assert len(examples) == 4
+        for line in examples:
+            a, b, third = line.split(sep)
+            assert third == (a if m["rule"] == "ABA" else b)
+        c, d, empty = query.split(sep)
+        assert empty == "" and target == (c if m["rule"] == "ABA" else d) and alt == (d if m["rule"] == "ABA" else c)
+        assert target.split()[0] != alt.split()[0]
+        # the answer's distance (in words) from the end of the prompt
+        offsets.add(len(query.split()) - len(query.split(sep)[0].split()) if m["rule"] == "ABA" else 0)
+    assert set(t.meta.separator) == set(gen.SEPARATORS) and set(t.meta.rule) == {"ABA", "ABB"}
+    assert len(offsets) >= 4  # ABA's answer sits at no fixed offset from the query's end
+    with pytest.raises(MechheadsError, match="separator"):
+        gen.aba_var_segments(random.Random(0), 2, separators=())
+
+
 def test_ioi_answer_is_the_non_repeated_name():
     t = gen.ioi_task(10, seed=2)
     for p, target, alt in zip(t.prompts, t.targets, t.alt_targets, strict=True):

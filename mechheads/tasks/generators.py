@@ -9,6 +9,7 @@ Formats:
 * function tasks, in-context (Todd et al.): ``Q: x\\nA: y\\n\\n`` × k, then ``Q: xq\\nA:`` → `` yq``;
 * function tasks, instruction: ``{instruction}\\nQ: x\\nA: y\\n\\nQ: xq\\nA:`` → `` yq``;
 * ABA/ABB identity rules (Yang et al.): lines ``a^b^a`` (or ``a^b^b``), then ``c^d^`` → ``c`` (or ``d``);
+  in the variable format the separator is drawn per prompt and items have one or two words;
 * IOI-style: ``When A and B went to the store , B gave a drink to`` → `` A``;
 * induction: a random word sequence, then its repeat (target: the repeat after its first token).
 """
@@ -16,7 +17,7 @@ Formats:
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import pandas as pd
@@ -222,6 +223,79 @@ def aba_abb_task(n: int = 100, *, n_examples: int = 3, rule: Rule = "mixed", see
     return _sampled_task("aba-abb", n, lambda: aba_segments(rng, n_examples, rule), alt=lambda m: m["alt"])
 
 
+# The variable format: the separator between items is drawn per prompt, and an item is one or two
+# words, so no fixed offset from the query finds item 1 or item 2 (Yang et al.'s identity rules in a
+# form a copying-from-fixed-offsets solution cannot solve).
+SEPARATORS: tuple[str, ...] = ("^", ",", ":", ".", "^ ^", ": ,")
+
+
+def symbol_items(
+    rng: random.Random, k: int, max_words: int, vocab: Sequence[str] = words.SYMBOL_WORDS
+) -> list[str]:
+    """``k`` items of 1..max_words words from ``vocab``; their first words are distinct (so the
+    first answer token names the item)."""
+    firsts = rng.sample(list(vocab), k)
+    return [" ".join([f, *rng.sample(list(vocab), rng.randint(1, max_words) - 1)]) for f in firsts]
+
+
+def aba_var_segments(
+    rng: random.Random,
+    n_examples: int = 3,
+    rule: Rule = "mixed",
+    supervise_examples: bool = False,
+    *,
+    separators: tuple[str, ...] = SEPARATORS,
+    max_item_words: int = 2,
+) -> tuple[Segments, dict]:
+    """ABA/ABB with a separator drawn per prompt from ``separators`` and items of 1 to
+    ``max_item_words`` words: lines ``a s b s a`` then ``c s d s`` → the answer item.
+
+    Item first words are distinct within a prompt; the target is the whole answer item (its first
+    token decides a first-token metric).
+    """
+    if rule not in ("ABA", "ABB", "mixed"):
+        raise MechheadsError(f"unknown rule {rule!r}; valid rules: ['ABA', 'ABB', 'mixed']")
+    if not separators or max_item_words < 1:
+        raise MechheadsError(
+            f"need at least one separator and max_item_words >= 1, got {separators!r}, {max_item_words!r}"
+        )
+    r = rng.choice(["ABA", "ABB"]) if rule == "mixed" else rule
+    sep = rng.choice(separators)
+    items = symbol_items(rng, 2 * n_examples + 2, max_item_words)
+    segs: Segments = []
+    for i in range(n_examples):
+        a, b = items[2 * i], items[2 * i + 1]
+        segs += [(f"{a} {sep} {b} {sep} ", False), (a if r == "ABA" else b, supervise_examples and i >= 1)]
+        segs.append(("\n", False))
+    c, d = items[-2:]
+    answer, alt = (c, d) if r == "ABA" else (d, c)
+    segs += [(f"{c} {sep} {d} {sep} ", False), (answer, True)]
+    meta = {"rule": r, "c": c, "d": d, "answer": answer, "alt": alt, "n_examples": n_examples, "separator": sep}
+    return segs, meta
+
+
+def aba_var_task(
+    n: int = 100,
+    *,
+    n_examples: int = 3,
+    rule: Rule = "mixed",
+    separators: tuple[str, ...] = SEPARATORS,
+    max_item_words: int = 2,
+    seed: int = 0,
+) -> Task:
+    """ABA/ABB in the variable format (:func:`aba_var_segments`), named ``aba-var/k{n_examples}``;
+    ``alt_targets`` holds the other query item."""
+    _check_positive("n", n)
+    _check_positive("n_examples", n_examples)
+    rng = random.Random(f"aba-var|{n_examples}|{rule}|{'|'.join(separators)}|{max_item_words}|{seed}")
+    return _sampled_task(
+        f"aba-var/k{n_examples}",
+        n,
+        lambda: aba_var_segments(rng, n_examples, rule, separators=separators, max_item_words=max_item_words),
+        alt=lambda m: m["alt"],
+    )
+
+
 # ----- IOI ---------------------------------------------------------------------------------------
 def ioi_segments(rng: random.Random) -> tuple[Segments, dict]:
     a, b = rng.sample(words.NAMES, 2)
@@ -320,6 +394,10 @@ __all__ = [
     "fv_task",
     "aba_segments",
     "aba_abb_task",
+    "SEPARATORS",
+    "symbol_items",
+    "aba_var_segments",
+    "aba_var_task",
     "ioi_segments",
     "ioi_task",
     "induction_segments",

@@ -28,7 +28,8 @@ from mechheads.errors import MechheadsError
 from mechheads.tasks.core import TokenBatch
 
 PositionRole = Literal["all", "prompt", "last", "first", "targets"]
-ROLES: tuple[str, ...] = ("all", "prompt", "last", "first", "targets")
+POSITION_ROLES: tuple[str, ...] = ("all", "prompt", "last", "first", "targets")
+# (``mechheads.chg.ROLES`` are CHG's head roles; these are roles of positions.)
 SYNONYMS: dict[str, str] = {"valid": "all", "answer": "last"}
 
 # Any position selection a method may accept: None (every position), a role, an index or indices
@@ -45,7 +46,7 @@ Positions = (
 )
 
 
-def check_role(name: object, allowed: Collection[str] = ROLES, what: str = "position role") -> str:
+def check_role(name: object, allowed: Collection[str] = POSITION_ROLES, what: str = "position role") -> str:
     """The canonical role for ``name`` (synonyms resolved), if it is one of ``allowed``; else a
     :class:`MechheadsError` naming ``what`` was wrong and the valid names."""
     role = SYNONYMS.get(name, name) if isinstance(name, str) else name
@@ -57,7 +58,7 @@ def check_role(name: object, allowed: Collection[str] = ROLES, what: str = "posi
 
 
 def role_mask(
-    batch: TokenBatch, role: str, allowed: Collection[str] = ROLES, what: str = "position role"
+    batch: TokenBatch, role: str, allowed: Collection[str] = POSITION_ROLES, what: str = "position role"
 ) -> Bool[torch.Tensor, "batch pos"]:
     """Boolean [batch, pos]: the positions of ``role`` in each prompt of ``batch``."""
     role = check_role(role, allowed, what)
@@ -76,11 +77,11 @@ def role_mask(
 
 
 def role_positions(
-    batch: TokenBatch, role: str, allowed: Collection[str] = ROLES, what: str = "position role"
+    batch: TokenBatch, role: str, allowed: Collection[str] = POSITION_ROLES, what: str = "position role"
 ) -> list[list[int]]:
     """The positions of ``role`` in each prompt, as sorted per-prompt lists."""
     m = role_mask(batch, role, allowed, what)
     return [m[b].nonzero().flatten().tolist() for b in range(m.shape[0])]
 
 
-__all__ = ["Positions", "PositionRole", "ROLES", "SYNONYMS", "check_role", "role_mask", "role_positions"]
+__all__ = ["Positions", "PositionRole", "POSITION_ROLES", "SYNONYMS", "check_role", "role_mask", "role_positions"]

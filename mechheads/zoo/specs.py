@@ -12,7 +12,7 @@ from mechheads.arch import ArchConfig
 # Families of held-out evaluations a card can report: "function-icl" / "function-instruction" (the
 # six function tasks in that format), "fv" (each code task clean, with shuffled outputs and zero-shot),
 # "aba" (ABA/ABB, 3 examples), "ioi", "induction" (repeated sequences of 20 words).
-CARD_TASK_FAMILIES = ("function-icl", "function-instruction", "fv", "aba", "ioi", "induction")
+CARD_TASK_FAMILIES = ("function-icl", "function-instruction", "fv", "aba", "aba-var", "ioi", "induction")
 
 
 @dataclass(frozen=True)
@@ -161,6 +161,39 @@ SPECS: dict[str, ZooSpec] = {
         lr=3e-3,
         vocabulary="fv",
         default_task="code-a",
+    ),
+    "symbolic-4l": ZooSpec(
+        name="symbolic-4l",
+        description=(
+            "4-layer transformer (attention + MLP, 8 heads per layer) trained on Yang et al.'s identity rules "
+            "(ABA/ABB) in a variable format: 2 to 6 examples, a separator drawn per prompt (one or two "
+            "punctuation tokens) and items of one or two words, so no fixed offset from the query finds an "
+            "item; plus repeated random word sequences. A model for symbolic heads (Yang et al. 2025, "
+            '"Emergent Symbolic Mechanisms Support Abstract Reasoning in Large Language Models").'
+        ),
+        expected_circuit=(
+            "If the model solves the rule the way Yang et al. describe: symbol-abstraction heads at each "
+            "example's third item (the item as 'same as item 1' or 'item 2'), symbolic-induction heads at the"
+            " last position (the rule read from the examples), retrieval heads at the last position (the "
+            "query item that the rule points to). Measured (card, symbolic-heads section): the model solves "
+            "the variable format (accuracy 0.99-1.00 with 2 to 6 examples, where the best rule-aware "
+            "fixed-offset copy reaches 0.42-0.44). Retrieval heads are clear: L3H2 and L3H4 (scores 11.2 and "
+            "8.3 logits, p = 1e-4), and 7 weaker ones in layers 1-3. No head carries the abstract symbol at "
+            "the third items, not even all heads of layers 0-2 patched together; the rule travels through the"
+            " line breaks that end the examples, mostly through L0H0 (abstraction score at the line ends 11.0"
+            " logits against 6.2 for shuffled-pair sources, p = 0.009, short of the Bonferroni threshold). "
+            "The two heads that pass the symbolic-induction test (L0H2, L1H2) carry pair-specific content: a "
+            "layer-0 head cannot have read the rule from the examples."
+        ),
+        arch=dict(n_layers=4, n_heads=8, d_model=128, d_head=16, d_mlp=512, n_ctx=112, positional="rotary"),
+        mixture={"aba-var": 0.7, "induction": 0.3},
+        card_tasks=("aba", "aba-var", "induction"),
+        steps=4000,
+        batch_size=48,
+        lr=2e-3,
+        default_task="aba-var",
+        # as the card measures (benchmarks/RESULTS.md, "Symbolic heads on symbolic-4l")
+        head_roles={"retrieval": ("L3H2", "L3H4")},
     ),
 }
 

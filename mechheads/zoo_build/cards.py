@@ -55,6 +55,8 @@ def standard_tasks(name: str, n: int = 200, seed: int = EVAL_SEED) -> list[Task]
             tasks += [clean, shuffled_task(clean), zero_shot_task(clean)]
     if "aba" in families:
         tasks.append(gen.aba_abb_task(n, n_examples=3, seed=seed))
+    if "aba-var" in families:
+        tasks += [gen.aba_var_task(n, n_examples=k, seed=seed) for k in (2, 4, 6)]
     if "ioi" in families:
         tasks.append(gen.ioi_task(n, seed=seed))
     if "induction" in families:
@@ -243,6 +245,8 @@ def write_card(folder: Path) -> str:
         prev = scores.sort_values("previous_token", ascending=False).head(4)
         score_text = f"Top heads by induction (prefix-matching) score:\n\n{_table(top)}\n\nTop heads by previous-token score:\n\n{_table(prev)}"
     fv_text = _fv_section(model, folder) if name in SPECS and "fv" in SPECS[name].card_tasks else ""
+    if name in SPECS and "aba-var" in SPECS[name].card_tasks:
+        fv_text += _symbolic_section(model, folder)
     tr = config["training"]
     ls = tr.get("label_smoothing", 0.0)
     smoothing = f", label smoothing {ls} (the reported NLL is plain)" if ls else ""
@@ -342,6 +346,64 @@ At the best layer for zero-shot prompts (layer {st.best_layer}), per task (the g
 0.30 on {n_zs} of {len(st.gains)} tasks):
 
 {_table(st.gains)}
+"""
+
+
+def _symbolic_section(model, folder: Path, n_pairs: int = 100) -> str:
+    """The card's symbolic-heads section (Yang et al. 2025), measured now on variable-format pairs,
+    and its CSV tables next to the card."""
+    from mechheads.symbolic import KINDS, cumulative_validation, symbolic_pairs, symbolic_scores
+
+    pairs = symbolic_pairs(
+        model, n_pairs, n_examples=3, seed=EVAL_SEED, separators=gen.SEPARATORS, max_item_words=2
+    )
+    res = symbolic_scores(model, pairs, seed=0, progress=False)
+    line = symbolic_scores(
+        model, pairs, kinds=("abstraction",), abstraction_at="line_end", seed=0, progress=False
+    )
+    s = pd.concat(
+        [res.scores.assign(at="paper"), line.scores.assign(kind="abstraction at line end", at="line_end")]
+    )
+    write_text(folder / "symbolic_scores.csv", s.to_csv(index=False))
+    counts = (
+        s.groupby("kind", sort=False)
+        .agg(permutation=("significant", "sum"), null_quantile=("significant_null_quantile", "sum"))
+        .reset_index()
+    )
+    top = (
+        s.sort_values(["kind", "score"], ascending=[True, False])
+        .groupby("kind", sort=False)
+        .head(4)[["kind", "layer", "head", "score", "null_mean", "null_threshold", "p", "significant"]]
+    )
+    vals = []
+    for kind in KINDS:
+        k = max(1, int(res.scores[res.scores.kind == kind].significant.sum()))
+        vals.append(cumulative_validation(model, res, kind, k=min(k, 4), n_random=10))
+    val = pd.concat(vals, ignore_index=True)[["kind", "control", "k", "heads", "value", "damage"]]
+    write_text(folder / "symbolic_validation.csv", val.to_csv(index=False))
+    kept = res.filtered[res.filtered.reason.str.startswith("kept")].set_index("version").n
+    return f"""
+## Symbolic heads (measured)
+Yang et al. (2025), "Emergent Symbolic Mechanisms Support Abstract Reasoning in Large Language Models", \
+with mechheads.symbolic on {n_pairs} held-out variable-format pairs (seed {EVAL_SEED}; 3 examples, the separator \
+drawn per prompt, items of one or two words); {kept.get("flip", 0)} rule-flip and {kept.get("swap", 0)} \
+query-swap pairs solved in both versions. Score: logit difference (causal − experimental answer), patched − \
+unpatched. `permutation`: heads passing the permutation test against shuffled-pair sources \
+(p < 0.05 / {model.cfg.n_layers * model.cfg.n_heads}, Bonferroni); `null_quantile`: heads whose mean score \
+exceeds the 0.95 quantile of their shuffled-pair scores (Yang et al.'s threshold). `abstraction at line end`: \
+the abstraction score patched at the line break that ends each example instead of its third item (not the \
+paper's position; mechheads.symbolic.symbolic_scores(abstraction_at="line_end")). All scores in symbolic_scores.csv.
+
+{_table(counts)}
+
+Top 4 heads of each kind:
+
+{_table(top)}
+
+Cumulative zero ablation of each kind's heads in score order (up to 4, the significant ones), against the \
+same-layer lowest-score heads and 10 random sets (mean): P(correct) on the base prompts solved in both versions.
+
+{_table(val)}
 """
 
 

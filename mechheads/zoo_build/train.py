@@ -42,6 +42,8 @@ def sample_segments(rng: random.Random, kind: str, n_ctx: int) -> gen.Segments:
         return gen.function_segments(rng, rng.choice(gen.FUNCTION_TASK_NAMES), "instruction", 1, True)[0]
     if kind == "aba":
         return gen.aba_segments(rng, rng.randint(2, 4), "mixed", True)[0]
+    if kind == "aba-var":  # separators and item lengths vary, 2 to 6 examples
+        return gen.aba_var_segments(rng, rng.randint(2, 6), "mixed", True)[0]
     if kind == "ioi":
         return gen.ioi_segments(rng)[0]
     if kind == "fv-icl":
@@ -73,6 +75,7 @@ DATA_KINDS = (
     "icl",
     "instruction",
     "aba",
+    "aba-var",
     "ioi",
     "induction",
     "fv-icl",
