@@ -94,3 +94,24 @@ def test_estimators_rank_the_induction_circuit_on_top(backend):
     assert top(exact, 4) == {(1, h) for h in range(4)}  # the induction heads carry the patch
     assert top(est, 3) == top(exact, 3)  # the estimate ranks the three largest alike
     assert rank_agreement(est, exact, k=4)["spearman"] >= 0.9
+
+
+def test_signed_estimators_share_one_effect_column_with_one_convention(tiny):
+    """gradient, attribution patching and integrated gradients each carry ``effect``: the metric
+    change they attribute to a head (with − without the head, or patched − corrupted)."""
+    from mechheads.attribution import integrated_gradients, rollout_scores
+
+    clean, corrupted = tiny_batch(seed=0), tiny_batch(seed=7)
+    tables = {
+        "gradient": gradient_importance(tiny, clean, metric="nll"),
+        "estimate": attribution_patching(tiny, clean, corrupted, metric="logit_diff"),
+        "attribution": integrated_gradients(tiny, clean, metric="nll", steps=8),
+    }
+    for own, df in tables.items():
+        assert np.array_equal(df.effect.to_numpy(), df[own].to_numpy()), own
+    # integrated gradients: the effects add up to metric(all heads) − metric(no heads)
+    ig = tables["attribution"]
+    assert abs(ig.effect.sum() - (ig.attrs["metric_full"] - ig.attrs["metric_baseline"])) < 0.05 * max(
+        1.0, abs(ig.attrs["metric_full"] - ig.attrs["metric_baseline"])
+    )
+    assert "effect" not in rollout_scores(tiny, clean).columns  # unsigned

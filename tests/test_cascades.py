@@ -116,25 +116,23 @@ def test_cascade_bad_input(three, tiny):
 def test_cascade_and_agreement_figures():
     from matplotlib.figure import Figure
 
+    from mechheads import viz
     from mechheads.attribution import compare_estimators
-    from mechheads.viz.cascades import (
-        plot_cascade_matrix,
-        plot_cascade_summary,
-        plot_estimator_agreement,
-        plot_estimator_ranks,
-    )
+    from mechheads.viz.cascades import cascade_matrix, cascade_summary
+    from mechheads.viz.estimators import estimator_agreement, estimator_ranks
 
+    assert (viz.plot_cascade_matrix, viz.plot_estimator_ranks) == (cascade_matrix, estimator_ranks)  # old names
     model = zoo.load("induction-2l")
     res = head_effects(model, induction_task(6, seq_len=8, seed=1), progress=False)
-    fig = plot_cascade_matrix(res, ["output_change", "norm_change", "pattern_change"])
+    fig = cascade_matrix(res, ["output_change", "norm_change", "pattern_change"])
     assert isinstance(fig, Figure) and len(fig.axes) == 6  # three panels and their colour bars
     img = fig.axes[0].images[0].get_array()
     assert img.shape == (4, 4) and np.allclose(img.filled(np.nan), res.matrix("output_change").to_numpy())
-    assert len(plot_cascade_summary(res).axes) == 4
+    assert len(cascade_summary(res).axes) == 4
     with pytest.raises(MechheadsError, match="columns must be a non-empty subset"):
-        plot_cascade_matrix(res, ["delta"])
+        cascade_matrix(res, ["delta"])
     with pytest.raises(MechheadsError, match="expected a CascadeResult"), no_typecheck():
-        plot_cascade_matrix(res.table)
+        cascade_matrix(res.table)
     cmp = compare_estimators(
         model,
         induction_task(6, seq_len=8, seed=1),
@@ -142,8 +140,8 @@ def test_cascade_and_agreement_figures():
         k=3,
         progress=False,
     )
-    fig = plot_estimator_agreement(cmp)
+    fig = estimator_agreement(cmp)
     assert np.allclose(fig.axes[0].images[0].get_array(), cmp.to_matrix("spearman").to_numpy())
-    assert len(plot_estimator_ranks(cmp).axes) == 2
+    assert len(estimator_ranks(cmp).axes) == 2
     with pytest.raises(MechheadsError, match="column must be"):
-        plot_estimator_agreement(cmp, "pearson")
+        estimator_agreement(cmp, "pearson")

@@ -27,7 +27,12 @@ One estimator per module: :mod:`~mechheads.attribution.gradient`,
 :mod:`~mechheads.attribution.patching_estimate`, :mod:`~mechheads.attribution.rollout`,
 :mod:`~mechheads.attribution.integrated`; :mod:`~mechheads.attribution.agreement` and the comparison
 harness :mod:`~mechheads.attribution.compare` beside them. Every estimator returns a DataFrame with
-layer, head, its own signed (or unsigned) value and ``importance`` (the magnitude heads are ranked by).
+layer, head, its own value under the name its paper uses (``gradient``, ``estimate``,
+``attribution``, ``score``), ``importance`` (the magnitude heads are ranked by) and, for the signed
+estimators, ``effect``: the metric change the estimator attributes to the head, in one convention —
+the metric with the head minus without it (gradient, integrated gradients), or patched minus
+unpatched (attribution patching), as the exact sweeps' ``delta`` is for patching and ``−delta`` for
+ablation. Rollout is unsigned and has no ``effect``.
 """
 
 from mechheads.attribution.agreement import rank_agreement

@@ -191,16 +191,17 @@ def _check_ranking_options(k, n: int, signed: bool, named: bool) -> None:
         raise MechheadsError("signed=True needs named metrics (their direction is known); use signed=False")
 
 
-# estimator -> (column of its own output, which metric's direction signs it: 0 task, 1 patch pair,
-# None unsigned, the column of its magnitude when that is not |own column|: the gradient's is Michel
-# et al.'s E_x |∂L(x)/∂ξ| (gradient_importance's importance), not |∂ E_x L/∂ξ|)
+# estimator -> (its signed column: the cheap estimators' common ``effect``, the exact sweeps'
+# ``delta``; which metric's direction signs it: 0 task, 1 patch pair, None unsigned; the column of
+# its magnitude when that is not |signed column|: the gradient's is Michel et al.'s
+# E_x |∂L(x)/∂ξ| (gradient_importance's importance), not |∂ E_x L/∂ξ|)
 _SCORE: dict[str, tuple[str, int | None, str | None]] = {
     "ablation": ("delta", 0, None),
     "patching": ("delta", 1, None),
-    "gradient": ("gradient", 0, "importance"),
-    "attribution_patching": ("estimate", 1, None),
+    "gradient": ("effect", 0, "importance"),
+    "attribution_patching": ("effect", 1, None),
     "rollout": ("score", None, None),
-    "integrated_gradients": ("attribution", 0, None),
+    "integrated_gradients": ("effect", 0, None),
 }
 
 

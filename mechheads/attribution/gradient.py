@@ -32,7 +32,8 @@ def gradient_importance(
     ``absolute="batch"``: ``|∂ E_x L(x) / ∂ξ_h|``, the absolute value of the batch gradient.
 
     Columns: layer, head, gradient (the signed batch gradient ∂ E_x L(x) / ∂ξ_h, the same under
-    both options) and importance. A metric callable ``(logits, batch) -> scalar`` is evaluated
+    both options), effect (the same values: the first-order estimate of the metric with the head
+    minus without it) and importance. A metric callable ``(logits, batch) -> scalar`` is evaluated
     one example at a time for the per-example form.
 
     Example:
@@ -57,6 +58,7 @@ def gradient_importance(
     # rows are independent in a forward, so d(sum_b L_b)/d gate_b = dL_b/d gate_b
     (grad,) = torch.autograd.grad(per_example.sum(), gates)  # [B, L, H]
     df = head_frame(model, grad.mean(0), "gradient")
+    df["effect"] = df.gradient  # first order: metric(ξ = 1) − metric(ξ = 0) ≈ ∂metric/∂ξ
     if absolute == "per_example":
         df["importance"] = head_frame(model, grad.abs().mean(0), "v").v.to_numpy()
     else:

@@ -69,7 +69,8 @@ def integrated_gradients(
     copy with its own per-row gates; at most ``max_rows`` rows per forward) and one backward
     per forward.
 
-    Returns columns layer, head, attribution and importance (|attribution|); ``df.attrs`` holds
+    Returns columns layer, head, attribution, effect (the same values) and importance
+    (|attribution|); ``df.attrs`` holds
     metric_full (g = 1), metric_baseline (g = b), steps and rule.
 
     Example:
@@ -106,6 +107,7 @@ def integrated_gradients(
             with gate_heads(model, gates):
                 ends.append(scalar(fn(model(batch.tokens), batch), "integrated_gradients").item())
     df = head_frame(model, attribution, "attribution")
+    df["effect"] = df.attribution  # the head's share of metric(all gates 1) − metric(all gates 0)
     df["importance"] = df.attribution.abs()
     df.attrs.update(metric_full=ends[0], metric_baseline=ends[1], steps=steps, rule=rule)
     return df

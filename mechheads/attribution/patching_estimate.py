@@ -67,7 +67,8 @@ def attribution_patching(
     every activation follows, and each head's gradient is averaged over the same α points; one
     copy per α for all layers together. Both paths give the classic estimate at ``steps=1``.
 
-    Columns: layer, head, estimate (metric change, patched − corrupted) and importance (|estimate|).
+    Columns: layer, head, estimate (metric change, patched − corrupted), effect (the same values)
+    and importance (|estimate|).
 
     Example:
         >>> from mechheads.tasks import ioi_pair
@@ -137,6 +138,7 @@ def attribution_patching(
     # The metric is a batch mean, so its gradient already carries 1/B: the summed terms are the
     # first-order change of the metric itself.
     df = head_frame(model, est, "estimate")
+    df["effect"] = df.estimate
     df["importance"] = df.estimate.abs()
     return df
 

@@ -11,7 +11,11 @@
 * :mod:`mechheads.viz.circuits` — CircuitsVis attention patterns with the JavaScript inlined, so
   they render offline in Jupyter and in saved HTML;
 * :mod:`mechheads.viz.pruning` — learned-pruning curves and the comparison of pruned head sets;
-* :mod:`mechheads.viz.cascades` — head-to-head effect matrices and estimator-agreement plots.
+* :mod:`mechheads.viz.cascades` — head-to-head effect matrices;
+* :mod:`mechheads.viz.estimators` — agreement and rank plots of the head-importance estimators.
+
+Every figure is named for what it shows (``head_heatmap``, ``ablation_curve``, ``cascade_matrix``,
+``estimator_agreement`` …); the six earlier ``plot_*`` names remain as aliases.
 
 Example:
     >>> from mechheads import zoo
@@ -20,19 +24,24 @@ Example:
     >>> attention_patterns(model, "a b c d a b c d", ["L0H0", "L1H0"])   # doctest: +SKIP
 """
 
-from mechheads.viz.cascades import (
-    plot_cascade_matrix,
-    plot_cascade_summary,
-    plot_estimator_agreement,
-    plot_estimator_ranks,
-)
+from mechheads.viz.cascades import cascade_matrix, cascade_summary
 from mechheads.viz.chg import chg_role_map, chg_scatter, gate_trajectories, score_ecdf
 from mechheads.viz.circuits import AttentionView, attention_html, attention_patterns, circuitsvis_script
 from mechheads.viz.core import figure_to_html, head_label
 from mechheads.viz.curves import ablation_curve, faithfulness_curves, pruning_curve
+from mechheads.viz.estimators import estimator_agreement, estimator_ranks
 from mechheads.viz.heatmaps import aie_map, head_heatmap, outline_heads, symbolic_map
-from mechheads.viz.pruning import plot_learned_pruning, plot_pruning_comparison
+from mechheads.viz.pruning import learned_pruning_curve, pruning_comparison
 from mechheads.viz.vision import vit_overlay
+
+# Earlier names of six figures (every figure is now named for what it shows, without "plot_");
+# kept so existing notebooks and scripts run unchanged.
+plot_cascade_matrix = cascade_matrix
+plot_cascade_summary = cascade_summary
+plot_estimator_agreement = estimator_agreement
+plot_estimator_ranks = estimator_ranks
+plot_learned_pruning = learned_pruning_curve
+plot_pruning_comparison = pruning_comparison
 
 __all__ = [
     "AttentionView",
@@ -40,21 +49,21 @@ __all__ = [
     "aie_map",
     "attention_html",
     "attention_patterns",
+    "cascade_matrix",
+    "cascade_summary",
     "chg_role_map",
     "chg_scatter",
+    "estimator_agreement",
+    "estimator_ranks",
     "circuitsvis_script",
     "faithfulness_curves",
     "figure_to_html",
     "gate_trajectories",
     "head_heatmap",
     "head_label",
+    "learned_pruning_curve",
     "outline_heads",
-    "plot_cascade_matrix",
-    "plot_cascade_summary",
-    "plot_estimator_agreement",
-    "plot_estimator_ranks",
-    "plot_learned_pruning",
-    "plot_pruning_comparison",
+    "pruning_comparison",
     "pruning_curve",
     "score_ecdf",
     "symbolic_map",

@@ -1,11 +1,9 @@
 """Figures for head-to-head cascades (:mod:`mechheads.cascades`; Kadem & Zheng 2026, "Interpreting
-Transformers Through Attention Head Intervention", §9) and for the estimator comparison
-(:func:`mechheads.attribution.compare_estimators`; same paper, §11).
+Transformers Through Attention Head Intervention", §9).
 
 Example:
-    >>> from mechheads.viz.cascades import plot_cascade_matrix, plot_estimator_agreement
-    >>> fig = plot_cascade_matrix(head_effects(model, task))              # doctest: +SKIP
-    >>> fig = plot_estimator_agreement(compare_estimators(model, task))    # doctest: +SKIP
+    >>> from mechheads.viz.cascades import cascade_matrix
+    >>> fig = cascade_matrix(head_effects(model, task))              # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -16,10 +14,9 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from mechheads.attribution import EstimatorComparison
 from mechheads.cascades import CascadeResult
 from mechheads.errors import MechheadsError
-from mechheads.viz.core import head_label, new_figure
+from mechheads.viz.core import new_figure
 
 CASCADE_COLUMNS = ("output_change", "norm_change", "pattern_change")
 TITLES = {
@@ -37,7 +34,7 @@ def _layer_lines(ax, labels: Sequence[str], axis: str) -> None:
             (ax.axhline if axis == "y" else ax.axvline)(i - 0.5, color="white", lw=1.5)
 
 
-def plot_cascade_matrix(
+def cascade_matrix(
     result: CascadeResult,
     columns: Sequence[str] = ("output_change", "pattern_change"),
     *,
@@ -47,7 +44,7 @@ def plot_cascade_matrix(
     ``result.table``; grey where the later head is not after the source. Lines separate layers.
 
     Example:
-        >>> fig = plot_cascade_matrix(head_effects(model, task), ["output_change", "norm_change"])
+        >>> fig = cascade_matrix(head_effects(model, task), ["output_change", "norm_change"])
     """
     if not isinstance(result, CascadeResult):
         raise MechheadsError(f"expected a CascadeResult (from head_effects), got {type(result).__name__}")
@@ -82,7 +79,7 @@ def plot_cascade_matrix(
     return fig
 
 
-def plot_cascade_summary(result: CascadeResult, *, figsize: tuple[float, float] = (8.0, 3.5)) -> Figure:
+def cascade_summary(result: CascadeResult, *, figsize: tuple[float, float] = (8.0, 3.5)) -> Figure:
     """Source layer × later layer: mean output change and mean pattern change over all head pairs,
     annotated — whether early layers feed later ones (cascades) at a glance."""
     if not isinstance(result, CascadeResult):
@@ -112,82 +109,8 @@ def plot_cascade_summary(result: CascadeResult, *, figsize: tuple[float, float] 
     return fig
 
 
-def plot_estimator_agreement(
-    comparison: EstimatorComparison, column: str = "spearman", *, figsize: tuple[float, float] = (5.5, 4.5)
-) -> Figure:
-    """Estimator × estimator matrix of one agreement column (Spearman, Kendall or top-k overlap),
-    annotated.
-
-    Example:
-        >>> fig = plot_estimator_agreement(compare_estimators(model, task), "top_k_overlap")
-    """
-    if not isinstance(comparison, EstimatorComparison):
-        raise MechheadsError(f"expected an EstimatorComparison, got {type(comparison).__name__}")
-    if column not in ("spearman", "kendall", "top_k_overlap"):
-        raise MechheadsError(f"column must be 'spearman', 'kendall' or 'top_k_overlap', got {column!r}")
-    m = comparison.to_matrix(column)
-    fig = new_figure(figsize)
-    ax = fig.add_subplot()
-    if column == "top_k_overlap":
-        im = ax.imshow(m.to_numpy(dtype=float), cmap="viridis", vmin=0, vmax=comparison.k)
-    else:
-        im = ax.imshow(m.to_numpy(dtype=float), cmap="RdBu_r", vmin=-1, vmax=1)
-    names = list(m.index)
-    for i in range(len(names)):
-        for j in range(len(names)):
-            v = m.iloc[i, j]
-            ax.text(j, i, "–" if not np.isfinite(v) else f"{v:.2f}" if column != "top_k_overlap" else f"{v:g}",
-                    ha="center", va="center", fontsize=8)  # fmt: skip
-    short = [n.replace("_", " ") for n in names]
-    ax.set_xticks(range(len(names)), short, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(len(names)), short, fontsize=8)
-    label = f"top-{comparison.k} overlap" if column == "top_k_overlap" else column
-    ax.set_title(f"estimator agreement: {label}" + (" (signed)" if comparison.signed else ""), fontsize=9)
-    fig.colorbar(im, ax=ax, shrink=0.8)
-    return fig
-
-
-def plot_estimator_ranks(
-    comparison: EstimatorComparison,
-    reference: str = "ablation",
-    *,
-    figsize: tuple[float, float] | None = None,
-) -> Figure:
-    """One panel per estimator: each head's rank by the estimator against its rank by
-    ``reference`` (1 = most important), heads labelled — where the estimators disagree."""
-    if not isinstance(comparison, EstimatorComparison):
-        raise MechheadsError(f"expected an EstimatorComparison, got {type(comparison).__name__}")
-    if reference not in comparison.raw:
-        raise MechheadsError(f"no estimator {reference!r} in this comparison; it has {list(comparison.raw)}")
-    r = comparison.rankings
-    ref = r[r.estimator == reference].set_index(["layer", "head"])["rank"]
-    others = [e for e in comparison.raw if e != reference]
-    figsize = figsize or (3.2 * len(others), 3.4)
-    fig = new_figure(figsize)
-    axes = np.atleast_1d(fig.subplots(1, len(others), sharex=True, sharey=True))
-    n = len(ref)
-    for ax, e in zip(axes, others, strict=True):
-        est = r[r.estimator == e].set_index(["layer", "head"])["rank"].reindex(ref.index)
-        ax.plot([1, n], [1, n], color="grey", lw=0.8, ls=":")
-        ax.scatter(ref.to_numpy(), est.to_numpy(), s=14)
-        if n <= 32:
-            for (layer, head), x, y in zip(ref.index, ref.to_numpy(), est.to_numpy(), strict=True):
-                ax.annotate(
-                    head_label(layer, head), (x, y), fontsize=6, xytext=(2, 2), textcoords="offset points"
-                )
-        rho = comparison.versus(reference).set_index("estimator_a").spearman.get(e, np.nan)
-        ax.set_title(f"{e.replace('_', ' ')} (ρ = {rho:.2f})", fontsize=8)
-        ax.set_xlabel(f"rank by {reference}")
-    axes[0].set_ylabel("rank by estimator")
-    axes[0].invert_xaxis()
-    axes[0].invert_yaxis()
-    return fig
-
-
 __all__ = [
     "CASCADE_COLUMNS",
-    "plot_cascade_matrix",
-    "plot_cascade_summary",
-    "plot_estimator_agreement",
-    "plot_estimator_ranks",
+    "cascade_matrix",
+    "cascade_summary",
 ]

@@ -2,8 +2,8 @@
 pruning and CHG (:mod:`mechheads.pruning`).
 
 Example:
-    >>> from mechheads.viz.pruning import plot_pruning_comparison
-    >>> fig = plot_pruning_comparison(compare_pruning(model, task))   # doctest: +SKIP
+    >>> from mechheads.viz.pruning import pruning_comparison
+    >>> fig = pruning_comparison(compare_pruning(model, task))   # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def _column(df) -> str:
     return "retained" if df["retained"].notna().all() else "value"
 
 
-def plot_learned_pruning(
+def learned_pruning_curve(
     result: LearnedPruningResult, *, figsize: tuple[float, float] = (10.0, 4.0)
 ) -> Figure:
     """Left: the metric against the number of heads kept, one point per penalty (labelled).
@@ -58,7 +58,7 @@ def plot_learned_pruning(
     return fig
 
 
-def plot_pruning_comparison(
+def pruning_comparison(
     comparison: PruningComparison, *, figsize: tuple[float, float] = (10.0, 4.0)
 ) -> Figure:
     """Left: metric (retained) against heads kept for learned pruning, iterative ablation pruning
@@ -94,4 +94,4 @@ def plot_pruning_comparison(
     return fig
 
 
-__all__ = ["plot_learned_pruning", "plot_pruning_comparison"]
+__all__ = ["learned_pruning_curve", "pruning_comparison"]
