@@ -8,7 +8,7 @@ Prints markdown tables (pasted into benchmarks/RESULTS.md) and writes CSVs to --
 Usage:
     python benchmarks/chg_zoo.py induction [--seeds 10] [--updates 500]
     python benchmarks/chg_zoo.py contrastive [--updates 500] [--batch 64] [--tasks antonym,...] [--lams 1e-4,1e-3]
-    python benchmarks/chg_zoo.py cma [--model tasks-4l|fv-4l] [--significance sigma|permutation]
+    python benchmarks/chg_zoo.py cma [--model tasks-4l|fv-4l|symbolic-4l] [--significance sigma|permutation]
         [--seeds 10] [--updates 500] [--tasks antonym,country-capital|none]
 """
 
@@ -135,11 +135,12 @@ def cma(args) -> None:
     pooled separately for the function-vector tasks and for ABA/ABB."""
     from mechheads.chg import compare_with_cma
     from mechheads.symbolic import cma_significant_heads
-    from mechheads.tasks import FV_TASK_NAMES, aba_abb_task, function_task, fv_task
+    from mechheads.tasks import FV_TASK_NAMES, aba_abb_task, aba_var_task, function_task, fv_task
 
     model = zoo.load(args.model)
     fv_model = args.model == "fv-4l"  # its vocabulary has the code-* tasks only (no ABA/ABB)
-    if args.tasks == "none":
+    variable = args.model == "symbolic-4l"  # trained on ABA/ABB in the variable format only
+    if args.tasks == "none" or (variable and not args.tasks):
         tasks = []
     elif args.tasks:
         tasks = args.tasks.split(",")
@@ -147,7 +148,13 @@ def cma(args) -> None:
         tasks = list(FV_TASK_NAMES) if fv_model else ["antonym", "country-capital"]
     t = time.perf_counter()
     sig = cma_significant_heads(
-        model, tasks, aba_abb=not fv_model, n=args.n_eval, significance=args.significance, progress=False
+        model,
+        tasks,
+        aba_abb=not fv_model,
+        n=args.n_eval,
+        significance=args.significance,
+        aba_format="variable" if variable else "compact",
+        progress=False,
     )
     print(f"CMA in {time.perf_counter() - t:.0f} s ({args.significance})")
     print(md(sig.groupby(["task", "method"]).significant.sum().reset_index(), index=False))
@@ -157,6 +164,8 @@ def cma(args) -> None:
         base = name.split("/")[0]
         if base == "aba-abb":
             data = aba_abb_task(256, seed=5)
+        elif base == "aba-var":
+            data = aba_var_task(256, seed=5)
         elif base in FV_TASK_NAMES:
             data = fv_task(base, n=256, seed=5)
         else:
@@ -182,7 +191,11 @@ def main() -> None:
     ap.add_argument(
         "--tasks", default="", help="comma-separated; 'none': no function tasks (cma: ABA/ABB only)"
     )
-    ap.add_argument("--model", default="tasks-4l", help="cma: tasks-4l (function tasks + ABA/ABB) or fv-4l")
+    ap.add_argument(
+        "--model",
+        default="tasks-4l",
+        help="cma: tasks-4l (function tasks + ABA/ABB), fv-4l or symbolic-4l (ABA/ABB, variable format)",
+    )
     ap.add_argument(
         "--significance", choices=["sigma", "permutation"], default="sigma", help="cma: the AIE rule"
     )

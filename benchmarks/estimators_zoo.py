@@ -37,11 +37,11 @@ import pandas as pd
 import torch
 
 from mechheads import zoo
-from mechheads.ablation import as_batch
 from mechheads.attribution import attribution_patching, compare_estimators, rank_agreement
 from mechheads.cascades import head_effects
 from mechheads.model import hook_z
 from mechheads.tasks import function_task, induction_pair, induction_task, ioi_pair, ioi_task
+from mechheads.tasks.core import as_batch
 from mechheads.tasks.metrics import get_metric
 
 RUNS = [

@@ -99,10 +99,10 @@ def run(name: str, args) -> None:
     comp.sets.to_csv(args.out / f"pruning_{name}_sets.csv", index=False)
     comp.overlap.to_csv(args.out / f"pruning_{name}_overlap.csv", index=False)
     learned.table.to_csv(args.out / f"pruning_{name}_learned.csv", index=False)
-    from mechheads.viz.pruning import plot_learned_pruning, plot_pruning_comparison
+    from mechheads.viz.pruning import learned_pruning_curve, pruning_comparison
 
-    plot_learned_pruning(learned).savefig(args.out / f"pruning_{name}_learned.png", dpi=100)
-    plot_pruning_comparison(comp).savefig(args.out / f"pruning_{name}_comparison.png", dpi=100)
+    learned_pruning_curve(learned).savefig(args.out / f"pruning_{name}_learned.png", dpi=100)
+    pruning_comparison(comp).savefig(args.out / f"pruning_{name}_comparison.png", dpi=100)
 
 
 def main() -> None:
