@@ -39,12 +39,9 @@ def build_model(
     return HeadModel(tl, backend=backend, tokenizer=tokenizer, name=name)
 
 
-def _build_hooked(cfg: ArchConfig, state: dict[str, torch.Tensor]):
-    import warnings
-
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    tl_cfg = HookedTransformerConfig(
+def _config_fields(cfg: ArchConfig) -> dict:
+    """The TransformerLens config fields both backends' configs take from an :class:`ArchConfig`."""
+    return dict(
         n_layers=cfg.n_layers,
         d_model=cfg.d_model,
         n_ctx=cfg.n_ctx,
@@ -60,6 +57,16 @@ def _build_hooked(cfg: ArchConfig, state: dict[str, torch.Tensor]):
         positional_embedding_type="standard" if cfg.positional == "learned" else "rotary",
         rotary_dim=cfg.d_head if cfg.positional == "rotary" else None,
         rotary_base=cfg.rotary_base,
+    )
+
+
+def _build_hooked(cfg: ArchConfig, state: dict[str, torch.Tensor]):
+    import warnings
+
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    tl_cfg = HookedTransformerConfig(
+        **_config_fields(cfg),
         rotary_adjacent_pairs=True,
         default_prepend_bos=False,
         device="cpu",
@@ -86,21 +93,7 @@ def _build_bridge(cfg: ArchConfig, state: dict[str, torch.Tensor]):
     from transformer_lens.model_bridge.sources.native import NativeModel
 
     tl_cfg = TransformerBridgeConfig(
-        n_layers=cfg.n_layers,
-        d_model=cfg.d_model,
-        n_ctx=cfg.n_ctx,
-        d_head=cfg.d_head,
-        n_heads=cfg.n_heads,
-        d_vocab=cfg.d_vocab,
-        d_mlp=cfg.d_mlp if not cfg.attn_only else None,
-        attn_only=cfg.attn_only,
-        act_fn=cfg.act_fn,
-        normalization_type="LN",
-        attention_dir=cfg.attention_dir,
-        eps=cfg.eps,
-        positional_embedding_type="standard" if cfg.positional == "learned" else "rotary",
-        rotary_dim=cfg.d_head if cfg.positional == "rotary" else None,
-        rotary_base=cfg.rotary_base,
+        **_config_fields(cfg),
         default_prepend_bos=False,
     )
     native = NativeModel(tl_cfg)
