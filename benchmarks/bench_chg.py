@@ -6,6 +6,9 @@
    difference of the gates the two paths reach.
 2. 8 seeds fitted together (8 gate sets × B examples per forward) against 8 sequential fits of
    the same seeds and data order. Target: ≥ 2× throughput. Also prints the max gate difference.
+3. ``seeds_per_forward="auto"``'s choice (:func:`mechheads.chg.time_groupings`, timed once before
+   the repeats): the fit in the chosen grouping against all seeds in one forward and against
+   sequential fits, the time the choice itself took, and the max gate difference to the joint fit.
 
 ``--model`` is a zoo name, or one of ``benchmarks/hf_models.py``'s Hugging Face models under
 ``TransformerBridge`` (``hf-gpt2``, ``hf-llama``, ``hf-llama-tiny``), on random 32-token sequences
@@ -24,7 +27,7 @@ import time
 import torch
 
 from mechheads import zoo
-from mechheads.chg import TaskLoss, fit_phase, init_logits
+from mechheads.chg import CHGConfig, TaskLoss, fit_phase, init_logits, time_groupings
 from mechheads.engine import GatedForward
 from mechheads.tasks import TokenBatch, function_task, induction_task
 from mechheads.tasks.metrics import target_nll
@@ -92,7 +95,21 @@ def main() -> None:
 
     seeds = list(range(args.seeds))
     plain(2), chg_fit([0], 2)  # warm up
+    chosen = None
+    if args.seeds >= 2:
+        t_choose, table = timed(
+            lambda: time_groupings(model, obj, seeds=seeds, config=CHGConfig(batch_size=args.batch))
+        )
+        chosen = int(table.seeds_per_forward.iloc[0])
+        print(
+            f"auto grouping: {chosen} seeds per forward, chosen in {t_choose:.2f} s from\n{table.to_string()}"
+        )
+
+    def grouped_fit(per: int) -> torch.Tensor:
+        return torch.cat([chg_fit(seeds[i : i + per], args.updates) for i in range(0, len(seeds), per)])
+
     r_update, r_seeds, diffs, r_hooks, hook_diffs = [], [], [], [], []
+    r_auto_joint, r_auto_seq, auto_diffs = [], [], []
     for _ in range(args.repeats):
         tp, _ = timed(plain, args.updates)
         tc, fused_gates = timed(chg_fit, [0], args.updates)
@@ -113,6 +130,11 @@ def main() -> None:
             ts += t
             diffs.append(float((torch.sigmoid(joint[i]) - torch.sigmoid(alone[0])).abs().max()))
         r_seeds.append(ts / tj)
+        ta, auto = timed(grouped_fit, chosen)
+        r_auto_joint.append(tj / ta)
+        r_auto_seq.append(ts / ta)
+        auto_diffs.append(float((torch.sigmoid(joint) - torch.sigmoid(auto)).abs().max()))
+        print(f"  repeat: auto grouping ({chosen} per forward) {ta:.2f} s")
         print(
             f"  repeat: update {tc / args.updates * 1e3:.1f} ms vs plain fwd+bwd {tp / args.updates * 1e3:.1f} ms "
             f"({tc / tp:.2f}x); {len(seeds)} seeds joint {tj:.2f} s vs sequential {ts:.2f} s ({ts / tj:.2f}x)"
@@ -127,6 +149,12 @@ def main() -> None:
             f"{len(seeds)} seeds together vs sequential, throughput: {statistics.median(r_seeds):.2f}x (target >= 2x)"
         )
         print(f"max |gate difference| joint vs sequential: {max(diffs):.2e}")
+        print(
+            f"auto grouping ({chosen} per forward) vs all in one forward: {statistics.median(r_auto_joint):.2f}x, "
+            f"vs sequential: {statistics.median(r_auto_seq):.2f}x (both >= 1 when the choice is right); "
+            f"max |gate difference| to the joint fit {max(auto_diffs):.2e}; the choice took {t_choose:.2f} s, "
+            f"the time of {t_choose / (ta / args.updates):.0f} updates of all seeds (a CHG fit has 3 x 500)"
+        )
 
 
 @contextlib.contextmanager

@@ -1,5 +1,6 @@
 """Causal Head Gating: fitting, taxonomy, multi-seed batching, validation, contrastive CHG, resume."""
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -24,6 +25,7 @@ from mechheads.chg import (
     init_logits,
     per_gate_lambda,
     role_labels,
+    time_groupings,
     validate,
 )
 from mechheads.hooks import gate_heads
@@ -117,6 +119,95 @@ def test_joint_seeds_equal_separate_fits(backend):
             assert diff <= 1e-4, (phase, s, float(diff))
             traj = (joint.phases[phase].trajectory[:, i] - alone.phases[phase].trajectory[:, 0]).abs().max()
             assert traj <= 1e-5
+
+
+def test_time_groupings_measures_every_candidate_size():
+    model = build_model(TINY, perturbed_state(TINY), backend=BACKENDS[0])
+    toks = torch.randint(0, TINY.d_vocab, (16, 8), generator=torch.Generator().manual_seed(1))
+    batch = TokenBatch.from_tokens(toks, n_target=3)
+    table = time_groupings(model, batch, seeds=[0, 1, 2], config=CHGConfig(batch_size=8), repeats=1)
+    assert sorted(table.seeds_per_forward) == [1, 2, 3]  # powers of two below 3, and 3
+    assert (table.s_per_gate_set_update > 0).all()
+    assert table.estimated_s_per_update.is_monotonic_increasing  # best first
+    # 3 seeds in groups of 2 = one group of 2 and one of 1.
+    row = table.set_index("seeds_per_forward")
+    assert row.estimated_s_per_update[2] == pytest.approx(
+        2 * row.s_per_gate_set_update[2] + row.s_per_gate_set_update[1]
+    )
+    with pytest.raises(MechheadsError, match="sizes must include 1"):
+        time_groupings(model, batch, seeds=[0, 1], sizes=[2])
+
+
+def test_time_groupings_stops_at_the_first_size_out_of_memory(monkeypatch):
+    import mechheads.chg.fitting as fitting
+
+    real = fitting.fit_phase
+
+    def small_memory(model, objective, logits, **kw):
+        if logits.shape[0] > 2:
+            raise torch.OutOfMemoryError("simulated: more than 2 gate sets")
+        return real(model, objective, logits, **kw)
+
+    monkeypatch.setattr(fitting, "fit_phase", small_memory)
+    model = build_model(TINY, perturbed_state(TINY), backend=BACKENDS[0])
+    toks = torch.randint(0, TINY.d_vocab, (16, 8), generator=torch.Generator().manual_seed(1))
+    batch = TokenBatch.from_tokens(toks, n_target=3)
+    table = time_groupings(model, batch, seeds=range(5), config=CHGConfig(batch_size=8), repeats=1)
+    assert list(table.seeds_per_forward[:2].sort_values()) == [1, 2]
+    assert table.set_index("seeds_per_forward").estimated_s_per_update[[4, 5]].isna().all()
+    assert table.seeds_per_forward.iloc[0] in (1, 2)  # the choice never falls on a size that did not fit
+
+
+def test_auto_grouping_gives_the_joint_gates_and_is_kept_for_a_resume(tmp_path, monkeypatch):
+    import mechheads.chg.fitting as fitting
+
+    model = build_model(TINY, perturbed_state(TINY), backend=BACKENDS[0])
+    toks = torch.randint(0, TINY.d_vocab, (24, 8), generator=torch.Generator().manual_seed(1))
+    batch = TokenBatch.from_tokens(toks, n_target=3)
+    cfg = CHGConfig(n_updates=6, batch_size=8)
+    joint = fit(model, batch, seeds=[3, 4, 5], config=cfg, progress=False)
+    auto = fit(
+        model,
+        batch,
+        seeds=[3, 4, 5],
+        config=cfg,
+        seeds_per_forward="auto",
+        checkpoint_dir=tmp_path,
+        progress=False,
+    )
+    for phase in ("zero", "plus", "minus"):
+        assert (joint.phases[phase].logits - auto.phases[phase].logits).abs().max() <= 1e-4
+    chosen = json.loads((tmp_path / "grouping.json").read_text())
+    assert chosen in [{"seeds_per_forward": g} for g in (1, 2, 3)]
+
+    # A rerun reads the stored choice instead of timing again.
+    def no_timing(*a, **k):
+        raise AssertionError("timed again although grouping.json holds the choice")
+
+    monkeypatch.setattr(fitting, "time_groupings", no_timing)
+    again = fit(
+        model,
+        batch,
+        seeds=[3, 4, 5],
+        config=cfg,
+        seeds_per_forward="auto",
+        checkpoint_dir=tmp_path,
+        progress=False,
+    )
+    assert torch.equal(again.phases["minus"].logits, auto.phases["minus"].logits)
+    (tmp_path / "grouping.json").write_text('{"seeds_per_forward": "os.system"}')
+    with pytest.raises(MechheadsError, match="grouping.json"):
+        fit(
+            model,
+            batch,
+            seeds=[3, 4, 5],
+            config=cfg,
+            seeds_per_forward="auto",
+            checkpoint_dir=tmp_path,
+            progress=False,
+        )
+    with pytest.raises(MechheadsError, match='seeds_per_forward must be None, "auto"'), no_typecheck():
+        fit(model, batch, seeds=[3, 4], config=cfg, seeds_per_forward="fast", progress=False)
 
 
 def test_same_seed_same_gates_and_trajectory_ends_at_result(backend):
@@ -577,7 +668,14 @@ def test_contrastive_transfer_leaves_each_task_out_and_reports_both_splits():
     tasks = ["antonym", "capitalize"]
     cfg = ContrastiveConfig(n_updates=3, batch_size=8)
     df = contrastive_transfer(
-        model, tasks, n_train=8, n_eval=6, config=cfg, validation=True, forget_formats=("icl",), progress=False
+        model,
+        tasks,
+        n_train=8,
+        n_eval=6,
+        config=cfg,
+        validation=True,
+        forget_formats=("icl",),
+        progress=False,
     )
     # one row per (held-out task, forgotten format, split, evaluated format, gated or not)
     assert len(df) == 2 * 1 * 2 * 2 * 2

@@ -48,7 +48,7 @@ from mechheads.chg.contrastive import (
     contrastive_transfer,
     fit_contrastive,
 )
-from mechheads.chg.fitting import check_gateable, fit, fit_phase, init_logits
+from mechheads.chg.fitting import check_gateable, fit, fit_phase, init_logits, time_groupings
 from mechheads.chg.objectives import (
     ContrastiveLoss,
     Forward,
@@ -87,5 +87,6 @@ __all__ = [
     "init_logits",
     "per_gate_lambda",
     "role_labels",
+    "time_groupings",
     "validate",
 ]
