@@ -38,10 +38,18 @@ def md(df: pd.DataFrame, index: bool = True) -> str:
 
 
 def fit_seeds(model, data, cfg: CHGConfig, args, label: str):
-    """CHG for ``args.seeds`` seeds, timed."""
+    """CHG for ``args.seeds`` seeds, timed; checkpointed under ``--out`` so an interrupted run resumes."""
     t = time.perf_counter()
+    per = args.per_forward if args.per_forward in (None, "auto") else int(args.per_forward)
+    ckdir = args.out / "checkpoints" / f"{model.name}-{label.replace('/', '-')}-{cfg.n_updates}-{cfg.batch_size}"
     res = fit(
-        model, data, seeds=range(args.seeds), config=cfg, seeds_per_forward=args.per_forward, progress=False
+        model,
+        data,
+        seeds=range(args.seeds),
+        config=cfg,
+        seeds_per_forward=per,
+        checkpoint_dir=ckdir,
+        progress=False,
     )
     print(f"CHG {label}: {args.seeds} seeds × {3 * cfg.n_updates} updates in {time.perf_counter() - t:.0f} s")
     return res
@@ -187,7 +195,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--updates", type=int, default=500)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--per-forward", type=int, default=None, help="seeds per forward (default: all)")
+    ap.add_argument(
+        "--per-forward", default=None, help="seeds per forward: an integer or 'auto' (default: all)"
+    )
     ap.add_argument(
         "--tasks", default="", help="comma-separated; 'none': no function tasks (cma: ABA/ABB only)"
     )

@@ -407,8 +407,8 @@ def time_groupings(
     loss: str | Metric = "nll",
     data_seed: int = 0,
     sizes: Iterable[int] | None = None,
-    updates: int = 2,
-    repeats: int = 2,
+    updates: int = 3,
+    repeats: int = 3,
 ) -> pd.DataFrame:
     """How long a CHG fit of ``seeds`` takes per update with each number of gate sets per forward.
 
