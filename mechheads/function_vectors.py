@@ -15,6 +15,12 @@ a *function vector* that makes the model do the task without demonstrations.
 5. :func:`evaluate_function_vector` — add it to the residual stream at the last token after one
    layer (a sweep over layers) on zero-shot and shuffled prompts; top-1 accuracy with and without.
 
+``site`` (steps 1, 3 and 5): ``"last"`` is Todd et al.'s, the last prompt token. ``"query"`` (a
+variant, not the paper's) is the query word's last token, three tokens earlier in ``Q: xq\nA:``:
+for models that apply the task where the query word is, rather than at the last token (the zoo's
+fv-4l is one: ``benchmarks/RESULTS.md``, function vectors). Means, patches and the added vector then
+all sit at the query word.
+
 Example:
     >>> from mechheads import zoo
     >>> from mechheads.tasks import function_task
@@ -50,6 +56,39 @@ from mechheads.tasks.metrics import accuracy
 _DEMO = re.compile(r"Q: ([^\n]*)\nA: ([^\n]*)\n\n")
 _PROMPT = re.compile(r"(?:Q: [^\n]*\nA: [^\n]*\n\n)*Q: ([^\n]*)\nA:")
 FORMAT_HINT = "prompts in the Todd et al. format: 'Q: x\\nA: y\\n\\n' repeated, then 'Q: xq\\nA:'"
+Site = Literal["last", "query"]
+SITES: tuple[str, ...] = ("last", "query")
+_QUERY_END = "\nA:"
+
+
+def site_positions(model: HeadModel, task: Task, site: Site = "last"):
+    """The position selection of ``site`` for prompts in the format of ``task``: ``"last"`` (the
+    role), or for ``"query"`` a callable giving each prompt's query-word last token: the last prompt
+    token minus the tokens of ``"\\nA:"``, counted on ``task``'s first prompt with the model's
+    tokenizer and checked on every prompt (a prompt that does not end so raises)."""
+    if site == "last":
+        return "last"
+    if site != "query":
+        raise MechheadsError(f"site must be one of {list(SITES)}, got {site!r}")
+    bad = [i for i, p in enumerate(task.prompts) if not p.endswith(_QUERY_END)]
+    if bad:
+        raise MechheadsError(
+            f"site='query' needs prompts ending in 'Q: xq\\nA:'; prompt {bad[0]} does not ({FORMAT_HINT})"
+        )
+    full = task.batch(model)
+    cut = Task(task.name, [p[: -len(_QUERY_END)] for p in task.prompts], task.targets).batch(model)
+    gaps = (full.answer_pos - cut.answer_pos).unique()
+    if len(gaps) != 1 or int(gaps[0]) < 1:
+        raise MechheadsError(
+            f"site='query': the tokens of '\\nA:' after the query word differ between prompts ({gaps.tolist()}); "
+            "this tokenizer does not split the prompt end the same way everywhere"
+        )
+    gap = int(gaps[0])
+
+    def query_word(batch: TokenBatch) -> list[list[int]]:
+        return [[int(p) - gap] for p in batch.answer_pos]
+
+    return query_word
 
 
 # ----- prompts -----------------------------------------------------------------------------------
@@ -99,9 +138,12 @@ def solved(model: HeadModel, data: Task | TokenBatch) -> np.ndarray:
     return metric_per_item(model, batch, "accuracy").numpy() > 0.5
 
 
-def mean_head_activations(model: HeadModel, task: Task) -> Float[torch.Tensor, "layer head d_head"]:
-    """Each head's ``z`` at the final prompt token, averaged over the clean prompts of ``task``."""
-    return mean_activations(model, task, "last")
+def mean_head_activations(
+    model: HeadModel, task: Task, site: Site = "last"
+) -> Float[torch.Tensor, "layer head d_head"]:
+    """Each head's ``z`` at the final prompt token (``site="query"``: at the query word), averaged
+    over the clean prompts of ``task``."""
+    return mean_activations(model, task, site_positions(model, task, site))
 
 
 # ----- average indirect effect -------------------------------------------------------------------
@@ -112,7 +154,7 @@ class AIEResult:
     ``table``: layer, head, aie (mean ΔP of the first answer token over trials), sem (its standard
     error), n_trials. ``per_trial``: [layer·head, trials] ΔP per trial. ``filtered``: one row per
     reason an item was not used (reason, n) plus the kept count, so nothing is dropped silently.
-    ``mean`` is the clean mean activation [layer, head, d_head] that was patched in.
+    ``mean`` is the clean mean activation [layer, head, d_head] that was patched in, at ``site``.
     """
 
     task: str
@@ -122,6 +164,7 @@ class AIEResult:
     mean: torch.Tensor
     baseline: float  # P(answer) on the corrupted prompts, unpatched
     clean: float  # P(answer) on the clean prompts of the trials
+    site: str = "last"  # where the means were taken and patched
 
     def to_array(self, column: str = "aie") -> np.ndarray:
         """[layer, head] heat map of ``column``."""
@@ -146,6 +189,7 @@ def average_indirect_effect(
     progress: bool = True,
     executor: distributed.Executor | None = None,
     filter_solved: bool = True,
+    site: Site = "last",
 ) -> AIEResult:
     """Average indirect effect of each head on a function task (Todd et al. §2).
 
@@ -162,6 +206,8 @@ def average_indirect_effect(
         filter_solved: keep only items the model solves 10-shot (Todd et al.; the default). With
             False the first ``n_trials`` items are the trials whatever the model answers (a model
             that solves few items, or random weights for timing); ``filtered`` says so.
+        site: ``"last"`` (Todd et al.: means and patches at the last prompt token) or ``"query"``
+            (a variant: at the query word's last token; see the module docstring).
 
     Raises:
         MechheadsError: prompts not in the ``Q:/A:`` format, multi-token answers, or fewer solved
@@ -183,14 +229,17 @@ def average_indirect_effect(
     filtered = pd.DataFrame(
         [
             dict(
-                reason="not solved by the model 10-shot" if filter_solved else "not filtered (filter_solved=False)",
+                reason="not solved by the model 10-shot"
+                if filter_solved
+                else "not filtered (filter_solved=False)",
                 n=int((~ok).sum()),
             ),
             dict(reason="solved, beyond n_trials", n=int(len(kept) - n_trials)),
             dict(reason="kept as trials", n=int(n_trials)),
         ]
     )
-    mean = mean_head_activations(model, mean_task if mean_task is not None else task)
+    positions = site_positions(model, task, site)
+    mean = mean_head_activations(model, mean_task if mean_task is not None else task, site)
     if corruption == "shuffled":
         corrupted = shuffled_task(trials, seed)
     elif corruption == "zero-shot":
@@ -201,7 +250,7 @@ def average_indirect_effect(
         given if executor is not None else model,
         corrupted,
         mean,
-        positions="last",
+        positions=positions,
         metric="prob",
         max_rows=max_rows,
         progress=progress,
@@ -213,7 +262,7 @@ def average_indirect_effect(
     table["sem"] = deltas.std(1, ddof=1) / np.sqrt(n_trials) if n_trials > 1 else np.nan
     table["n_trials"] = n_trials
     clean = float(metric_per_item(model, trials.batch(model), "prob").mean())
-    return AIEResult(task.name, table, deltas, filtered, mean, res.baseline, clean)
+    return AIEResult(task.name, table, deltas, filtered, mean, res.baseline, clean, site)
 
 
 def significant_heads(
@@ -290,11 +339,12 @@ def sign_flip_test(x: np.ndarray, n_permutations: int = 10_000, seed: int = 0) -
 @dataclass
 class FunctionVector:
     """``vector`` [d_model]: Σ over ``heads`` of mean z · W_O (plus one ``b_O``, see
-    :func:`function_vector`)."""
+    :func:`function_vector`); ``site``: where its means were taken and where it is added."""
 
     task: str
     vector: torch.Tensor
     heads: list[Head]
+    site: str = "last"
 
 
 def function_vector(model: HeadModel, aie: AIEResult, k: int = 10, *, bias: bool = True) -> FunctionVector:
@@ -314,18 +364,23 @@ def function_vector(model: HeadModel, aie: AIEResult, k: int = 10, *, bias: bool
         vec += mean[h.layer, h.head] @ W_O[h.layer, h.head]
     if bias:
         vec += model.b_O.detach()[heads[0].layer]
-    return FunctionVector(aie.task, vec, heads)
+    return FunctionVector(aie.task, vec, heads, aie.site)
 
 
 @torch.no_grad()
-def _accuracy_with(model: HeadModel, batch: TokenBatch, vec: torch.Tensor | None, layer: int) -> float:
+def _accuracy_with(
+    model: HeadModel, batch: TokenBatch, vec: torch.Tensor | None, layer: int, at: torch.Tensor | None = None
+) -> float:
+    """Accuracy with ``vec`` added after ``layer`` at position ``at[b]`` of each row (default: the last
+    prompt token)."""
     if vec is None:
         return float(accuracy(model(batch.tokens), batch))
     rows = torch.arange(len(batch), device=batch.tokens.device)
+    cols = batch.answer_pos if at is None else at
 
     def add(x, hook):
         x = x.clone()
-        x[rows, batch.answer_pos] += vec.to(x.dtype)
+        x[rows, cols] += vec.to(x.dtype)
         return x
 
     with model.hooks([(hook_resid_post(layer), add)]):
@@ -343,7 +398,8 @@ def evaluate_function_vector(
     progress: bool = False,
 ) -> pd.DataFrame:
     """Top-1 accuracy on the first answer token with and without the function vector, added to
-    the residual stream at the last prompt token after each layer in ``layers`` (default: all).
+    the residual stream at the last prompt token (at the query word for a vector of
+    ``site="query"``) after each layer in ``layers`` (default: all).
 
     Conditions: ``"zero-shot"`` (``Q: xq\\nA:``), ``"shuffled"`` (demonstration outputs shuffled),
     ``"clean"`` (the 10-shot prompts).
@@ -360,11 +416,18 @@ def evaluate_function_vector(
     for cond in conditions:
         if cond not in makers:
             raise MechheadsError(f"unknown condition {cond!r}; valid conditions: {list(makers)}")
-        batch = makers[cond](task).batch(model)
+        prompts = makers[cond](task)
+        batch = prompts.batch(model)
         check_first_token(batch, "accuracy", "task")
+        where = site_positions(model, prompts, fv.site)  # type: ignore[arg-type]
+        at = (
+            None
+            if where == "last"
+            else torch.tensor([r[0] for r in where(batch)], device=batch.tokens.device)
+        )
         base = _accuracy_with(model, batch, None, 0)
         for layer in tqdm(layers, desc=f"FV {cond}", disable=not progress, leave=False):
-            acc = _accuracy_with(model, batch, fv.vector, layer)
+            acc = _accuracy_with(model, batch, fv.vector, layer, at)
             rows.append(
                 dict(
                     task=fv.task,
@@ -382,6 +445,8 @@ def evaluate_function_vector(
 __all__ = [
     "AIEResult",
     "FunctionVector",
+    "SITES",
+    "Site",
     "average_indirect_effect",
     "evaluate_function_vector",
     "function_vector",
@@ -389,6 +454,7 @@ __all__ = [
     "shuffled_task",
     "sign_flip_test",
     "significant_heads",
+    "site_positions",
     "solved",
     "zero_shot_task",
 ]

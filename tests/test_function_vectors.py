@@ -17,6 +17,7 @@ from mechheads.function_vectors import (
     shuffled_task,
     sign_flip_test,
     significant_heads,
+    site_positions,
     zero_shot_task,
 )
 from mechheads.patching import patch_heads
@@ -209,3 +210,62 @@ def test_zero_shot_corruption_variant_patches_into_the_bare_query(tasks4l):
     assert abs(res.baseline - p[first3].mean().item()) < 1e-5
     with pytest.raises(MechheadsError, match="corruption must be"), no_typecheck():
         average_indirect_effect(tasks4l, task, n_trials=3, corruption="noise", progress=False)
+
+
+def test_query_site_is_the_query_word_on_word_and_bpe_style_prompts(tasks4l):
+    task = function_task("antonym", n=5, seed=4)
+    where = site_positions(tasks4l, task, "query")
+    batch = task.batch(tasks4l)
+    for b, (pos,) in enumerate(where(batch)):
+        assert tasks4l.to_str_tokens(batch.tokens[b])[pos].strip() == task.meta["query"][b].split()[-1]
+    # the same callable serves the zero-shot and shuffled prompts of the task (same ending)
+    zs = zero_shot_task(task).batch(tasks4l)
+    assert [p for (p,) in where(zs)] == (
+        zs.answer_pos - (batch.answer_pos - torch.tensor([p for (p,) in where(batch)]))
+    ).tolist()
+    assert site_positions(tasks4l, task, "last") == "last"
+    with pytest.raises(MechheadsError, match="site must be one of"), no_typecheck():
+        site_positions(tasks4l, task, "middle")
+    with pytest.raises(MechheadsError, match="ending in"):
+        site_positions(tasks4l, Task("t", ["Q: a\nA: b"], [" c"]), "query")
+
+
+def test_query_site_aie_and_function_vector_equal_hooks_by_hand(tasks4l):
+    task = function_task("country-capital", n=8, seed=3)
+    res = average_indirect_effect(tasks4l, task, n_trials=4, site="query", progress=False)
+    assert res.site == "query"
+    qpos = lambda b: b.answer_pos - 3  # noqa: E731  " word \n A :" on this word tokenizer
+    # by hand: the mean z at the query word over the clean prompts, then one forward per head
+    clean = task.batch(tasks4l)
+    names = [f"blocks.{layer}.attn.hook_z" for layer in range(4)]
+    with torch.no_grad():
+        _, cache = tasks4l.run_with_cache(clean.tokens, names)
+    mean = torch.stack([cache[n][torch.arange(8), qpos(clean)].mean(0) for n in names])
+    assert torch.allclose(res.mean, mean, atol=1e-6)
+    with torch.no_grad():
+        ok = (
+            tasks4l(clean.tokens)[torch.arange(8), clean.answer_pos].argmax(-1) == clean.first_target
+        ).numpy()
+    corrupted = shuffled_task(task.subset(np.flatnonzero(ok)[:4].tolist())).batch(tasks4l)
+    with torch.no_grad():
+        base = first_token_prob(tasks4l(corrupted.tokens), corrupted, "none")
+        for layer, head in [(0, 2), (1, 0), (3, 1)]:
+            with replace_heads(tasks4l, {(layer, head): mean[layer, head]}, positions=qpos(corrupted)):
+                p = first_token_prob(tasks4l(corrupted.tokens), corrupted, "none")
+            row = res.table[(res.table.layer == layer) & (res.table["head"] == head)]
+            assert abs(row.aie.iloc[0] - (p - base).mean().item()) < 1e-5
+    # the vector is added at the query word, not the last token
+    fv = function_vector(tasks4l, res, k=3)
+    assert fv.site == "query"
+    df = evaluate_function_vector(tasks4l, fv, task, layers=[1], conditions=("zero-shot",))
+    zs = zero_shot_task(task).batch(tasks4l)
+    rows = torch.arange(len(zs))
+
+    def add(x, hook):
+        x = x.clone()
+        x[rows, qpos(zs)] += fv.vector
+        return x
+
+    with torch.no_grad(), tasks4l.hooks([("blocks.1.hook_resid_post", add)]):
+        want = float(accuracy(tasks4l(zs.tokens), zs))
+    assert df.acc_with.iloc[0] == pytest.approx(want)
