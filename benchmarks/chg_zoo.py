@@ -161,6 +161,8 @@ def cma(args) -> None:
         aba_abb=not fv_model,
         n=args.n_eval,
         significance=args.significance,
+        corruption=args.corruption,
+        site=args.site,
         aba_format="variable" if variable else "compact",
         progress=False,
     )
@@ -183,7 +185,9 @@ def cma(args) -> None:
         a["task"] = name
         fac.append(a)
     fac = pd.concat(fac, ignore_index=True)
-    tag = f"{args.model}_{args.significance}"
+    tag = f"{args.model}_{args.significance}" + (
+        "" if (args.site, args.corruption) == ("last", "shuffled") else f"_{args.site}_{args.corruption}"
+    )
     sig.to_csv(args.out / f"cma_significant_{tag}.csv", index=False)
     fac.to_csv(args.out / f"chg_facilitation_any_{tag}.csv", index=False)
     print(md(compare_with_cma(fac, sig).round(4), index=False))
@@ -208,6 +212,12 @@ def main() -> None:
     )
     ap.add_argument(
         "--significance", choices=["sigma", "permutation"], default="sigma", help="cma: the AIE rule"
+    )
+    ap.add_argument(
+        "--site", choices=["last", "query"], default="last", help="cma: where the AIE patches (query: the variant)"
+    )
+    ap.add_argument(
+        "--corruption", choices=["shuffled", "zero-shot"], default="shuffled", help="cma: the AIE's corrupted prompts"
     )
     ap.add_argument("--lams", default="", help="contrastive: comma-separated λ values (default: the paper's)")
     ap.add_argument("--n-train", type=int, default=64)

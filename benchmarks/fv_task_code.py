@@ -42,17 +42,10 @@ def residuals(model, tasks, where: str) -> tuple[torch.Tensor, torch.Tensor]:
     for label, task in enumerate(tasks):
         batch = task.batch(model)
         pos = batch.answer_pos if where == "last" else batch.answer_pos - 8  # y, then "\n \n Q : x \n A :"
-        store: dict[int, torch.Tensor] = {}
-        hooks = []
-        for layer in range(model.cfg.n_layers):
-
-            def grab(x, hook, layer=layer):
-                store[layer] = x[torch.arange(len(batch)), pos].clone()
-
-            hooks.append((hook_resid_post(layer), grab))
-        with model.hooks(hooks):
-            model(batch.tokens)
-        xs.append(torch.stack([store[layer] for layer in range(model.cfg.n_layers)]))
+        names = [hook_resid_post(layer) for layer in range(model.cfg.n_layers)]
+        _, cache = model.run_with_cache(batch.tokens, names)
+        rows = torch.arange(len(batch))
+        xs.append(torch.stack([cache[n][rows, pos] for n in names]))
         ys.append(torch.full((len(batch),), label))
     return torch.cat(xs, 1), torch.cat(ys)
 
@@ -120,8 +113,7 @@ def main() -> None:
     d_test, dy_test = residuals(m, test_tasks, "demo")
     words = sorted({w for task in fit_tasks + test_tasks for w in task.meta["query"]})
     q_all = torch.tensor([words.index(w) for task in fit_tasks + test_tasks for w in task.meta["query"]])
-    # residuals() stacks tasks in order: fit prompts task by task, then the held-out ones.
-    q_all = torch.cat([q_all[: len(y_fit)], q_all[len(y_fit) :]])
+    # in the order residuals() stacks them: the fit prompts task by task, then the held-out ones
     t_all = torch.cat([y_fit, y_test])
     print(f"model {args.model}; {args.n} prompts per task to fit, {args.n} held out; chance {1 / k:.2f}")
     print(

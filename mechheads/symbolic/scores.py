@@ -253,6 +253,7 @@ def cma_significant_heads(
     n_sigma: float = 3.0,
     significance: Literal["sigma", "permutation"] = "sigma",
     corruption: Literal["shuffled", "zero-shot"] = "shuffled",
+    site: Literal["last", "query"] = "last",
     n_pairs: int = 100,
     aba_format: Literal["compact", "variable"] = "compact",
     n_permutations: int = 10_000,
@@ -266,7 +267,9 @@ def cma_significant_heads(
     sign-flip test instead, for models too small for the 3σ rule to select more than a head or
     two); for ABA/ABB, heads significant for any of the three symbolic kinds
     (:func:`significant_heads`). ``corruption`` is passed to
-    :func:`~mechheads.function_vectors.average_indirect_effect` (``"zero-shot"``: the variant).
+    :func:`~mechheads.function_vectors.average_indirect_effect` (``"zero-shot"``: the variant), and
+    so is ``site`` (``"query"``: means and patches at the query word, the variant for models that
+    apply the task there).
     ``aba_format="variable"``: the ABA/ABB pairs in the variable format of
     :func:`mechheads.tasks.aba_var_task` (task ``aba-var``), for a model trained on it.
     ``function_tasks`` may name the function tasks (``antonym`` …, 10-shot prompts) or the
@@ -296,7 +299,7 @@ def cma_significant_heads(
             else function_task(name, "icl", n=n, seed=seed)
         )
         aie = average_indirect_effect(
-            model, task, n_trials=n_trials, corruption=corruption, seed=seed, progress=False
+            model, task, n_trials=n_trials, corruption=corruption, seed=seed, site=site, progress=False
         )
         frames.append(fv_significant(aie, n_sigma, method=significance, seed=seed))
     if aba_format not in ("compact", "variable"):
