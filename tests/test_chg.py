@@ -166,15 +166,19 @@ def test_auto_grouping_gives_the_joint_gates_and_is_kept_for_a_resume(tmp_path, 
     batch = TokenBatch.from_tokens(toks, n_target=3)
     cfg = CHGConfig(n_updates=6, batch_size=8)
     joint = fit(model, batch, seeds=[3, 4, 5], config=cfg, progress=False)
-    auto = fit(
-        model,
-        batch,
-        seeds=[3, 4, 5],
-        config=cfg,
-        seeds_per_forward="auto",
-        checkpoint_dir=tmp_path,
-        progress=False,
-    )
+
+    def fit_auto():
+        return fit(
+            model,
+            batch,
+            seeds=[3, 4, 5],
+            config=cfg,
+            seeds_per_forward="auto",
+            checkpoint_dir=tmp_path,
+            progress=False,
+        )
+
+    auto = fit_auto()
     for phase in ("zero", "plus", "minus"):
         assert (joint.phases[phase].logits - auto.phases[phase].logits).abs().max() <= 1e-4
     chosen = json.loads((tmp_path / "grouping.json").read_text())
@@ -185,27 +189,11 @@ def test_auto_grouping_gives_the_joint_gates_and_is_kept_for_a_resume(tmp_path, 
         raise AssertionError("timed again although grouping.json holds the choice")
 
     monkeypatch.setattr(fitting, "time_groupings", no_timing)
-    again = fit(
-        model,
-        batch,
-        seeds=[3, 4, 5],
-        config=cfg,
-        seeds_per_forward="auto",
-        checkpoint_dir=tmp_path,
-        progress=False,
-    )
+    again = fit_auto()
     assert torch.equal(again.phases["minus"].logits, auto.phases["minus"].logits)
     (tmp_path / "grouping.json").write_text('{"seeds_per_forward": "os.system"}')
     with pytest.raises(MechheadsError, match="grouping.json"):
-        fit(
-            model,
-            batch,
-            seeds=[3, 4, 5],
-            config=cfg,
-            seeds_per_forward="auto",
-            checkpoint_dir=tmp_path,
-            progress=False,
-        )
+        fit_auto()
     with pytest.raises(MechheadsError, match='seeds_per_forward must be None, "auto"'), no_typecheck():
         fit(model, batch, seeds=[3, 4], config=cfg, seeds_per_forward="fast", progress=False)
 
