@@ -83,6 +83,18 @@ def _report_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="comma-separated subset of: overview, ablation, estimators, chg, detectors, cma, attention",
     )
+    p.add_argument(
+        "--aie-site",
+        choices=["last", "query"],
+        default="last",
+        help="cma section: AIE at the last token (Todd et al., default) or at the query word (a variant)",
+    )
+    p.add_argument(
+        "--aie-corruption",
+        choices=["shuffled", "zero-shot"],
+        default="shuffled",
+        help="cma section: the AIE's corrupted prompts (default shuffled outputs, Todd et al.)",
+    )
     p.add_argument("--backend", choices=["hooked", "bridge"], default=None, help="TransformerLens backend")
     p.add_argument("--no-resume", action="store_true", help="recompute sections an earlier run finished")
     p.add_argument(
@@ -110,6 +122,8 @@ def cmd_report(args) -> int:
         chg_seeds=args.seeds if args.seeds is not None else (10 if args.full else ReportConfig.chg_seeds),
         chg_updates=500 if args.full else args.chg_updates,
         chg_batch=64 if args.full else ReportConfig.chg_batch,
+        aie_site=args.aie_site,
+        aie_corruption=args.aie_corruption,
     )
     if args.pretrained:
         from mechheads.model import load_pretrained

@@ -1,5 +1,6 @@
 import re
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -127,6 +128,26 @@ def test_function_task_gets_the_cma_section(model, tmp_path):
     assert {"cma/aie", "cma/aie_filtered", "cma/aie_significant"} <= set(rep.tables)
 
 
+def test_cma_section_at_the_query_word_on_fv_4l(tmp_path):
+    from dataclasses import replace
+
+    from mechheads.function_vectors import average_indirect_effect
+
+    m = zoo.load("fv-4l")
+    task, _ = default_task("code-a", 12)
+    cfg = replace(QUICK, aie_site="query", aie_corruption="zero-shot")
+    rep = build_report(
+        m, task, out_dir=tmp_path, config=cfg, zoo_name="fv-4l", sections=["cma"], progress=False
+    )
+    want = average_indirect_effect(m, task, n_trials=3, site="query", corruption="zero-shot", progress=False)
+    assert np.allclose(rep.tables["cma/aie"].aie.to_numpy(), want.table.aie.to_numpy(), atol=1e-7)
+    assert "at the query word" in (tmp_path / "report.html").read_text()
+    with pytest.raises(
+        MechheadsError, match="ReportConfig.aie_site: got 'middle'; valid: \\['last', 'query'\\]"
+    ):
+        replace(QUICK, aie_site="middle")
+
+
 def test_bad_report_input(model, tmp_path):
     with pytest.raises(MechheadsError, match="unknown report sections \\['plots'\\]; valid: \\['overview'"):
         build_report(model, zoo_name="induction-2l", out_dir=tmp_path, sections=["plots"], progress=False)
@@ -154,6 +175,20 @@ def test_cli_report(tmp_path, capsys):
     assert "the report runs on language models; 'vit-chirp' is a vision model" in capsys.readouterr().err
     assert main(["report", "--task", "nope", "--out", str(out)]) == 2
     assert "unknown report task 'nope'" in capsys.readouterr().err
+    fv = [
+        "report",
+        "--model",
+        "fv-4l",
+        "--out",
+        str(tmp_path / "fv"),
+        "--n",
+        "25",  # the report's 25 AIE trials
+        "--sections",
+        "cma",
+        "--quiet",
+    ]
+    assert main([*fv, "--aie-site", "query", "--aie-corruption", "zero-shot"]) == 0
+    assert "at the query word" in (tmp_path / "fv" / "report.html").read_text()
 
 
 def test_every_zoo_text_model_has_a_default_report_task():

@@ -27,6 +27,9 @@ class ReportConfig:
         chg_batch: CHG examples per update.
         top_heads: Heads shown as CircuitsVis attention patterns.
         aie_trials: Trials of the average indirect effect (function tasks only).
+        aie_site: Where the AIE takes means and patches: ``"last"`` (Todd et al.) or ``"query"``
+            (the variant at the query word, for models that apply the task there, such as fv-4l).
+        aie_corruption: The AIE's corrupted prompts: ``"shuffled"`` (Todd et al.) or ``"zero-shot"``.
         seed: Seed of everything random (data order, CHG initialisation, AIE shuffles).
     """
 
@@ -38,10 +41,17 @@ class ReportConfig:
     chg_batch: int = 32
     top_heads: int = 4
     aie_trials: int = 25
+    aie_site: str = "last"
+    aie_corruption: str = "shuffled"
     seed: int = 0
 
     def __post_init__(self):
         check_positive_ints(self, ("n", "chg_seeds", "chg_updates", "chg_batch", "top_heads", "aie_trials"))
+        for name, valid in (("aie_site", ("last", "query")), ("aie_corruption", ("shuffled", "zero-shot"))):
+            if getattr(self, name) not in valid:
+                raise MechheadsError(
+                    f"ReportConfig.{name}: got {getattr(self, name)!r}; valid: {list(valid)}"
+                )
         for name in ("metric", "patch_metric"):
             v = getattr(self, name)
             if (v is not None or name == "metric") and not (isinstance(v, str) and v in METRICS):

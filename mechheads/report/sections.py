@@ -138,9 +138,7 @@ def _section_estimators(ctx: _Context, sec: Section) -> None:
                 viz.head_heatmap(comp.raw[name], col, title=f"{title} ({ctx.patch_metric})"),
                 f"{title.capitalize()}: effect of patching each head's clean z into the corrupted run",
             )
-    sec.figure(
-        viz.estimator_agreement(comp), "Spearman correlation between the estimators' head rankings"
-    )
+    sec.figure(viz.estimator_agreement(comp), "Spearman correlation between the estimators' head rankings")
     sec.figure(viz.estimator_ranks(comp), "Each estimator's head ranks against the exact ablation sweep")
     sec.table(
         "agreement", comp.agreement, caption=f"Pairwise agreement (Spearman, Kendall τ-b, top-{k} overlap)"
@@ -223,11 +221,20 @@ def _section_cma(ctx: _Context, sec: Section) -> None:
     from mechheads import viz
     from mechheads.function_vectors import average_indirect_effect, significant_heads
 
+    cfg = ctx.cfg
     aie = average_indirect_effect(
-        ctx.model, ctx.task, n_trials=ctx.cfg.aie_trials, seed=ctx.cfg.seed, progress=ctx.progress
+        ctx.model,
+        ctx.task,
+        n_trials=cfg.aie_trials,
+        seed=cfg.seed,
+        site=cfg.aie_site,  # type: ignore[arg-type]  # checked by ReportConfig
+        corruption=cfg.aie_corruption,  # type: ignore[arg-type]
+        progress=ctx.progress,
     )
+    where = "the last token" if cfg.aie_site == "last" else "the query word (a variant of Todd et al.)"
+    into = "shuffled-label prompts" if cfg.aie_corruption == "shuffled" else "zero-shot prompts (a variant)"
     sec.text(
-        "Average indirect effect of each head (Todd et al.): mean clean activation patched into shuffled-label prompts."
+        f"Average indirect effect of each head (Todd et al.): mean clean activation at {where} patched into {into}."
     )
     sec.figure(viz.aie_map(aie), "Average indirect effect per head")
     sec.table("aie", aie.table, caption="Average indirect effect")
