@@ -158,6 +158,19 @@ def test_time_groupings_stops_at_the_first_size_out_of_memory(monkeypatch):
     assert table.seeds_per_forward.iloc[0] in (1, 2)  # the choice never falls on a size that did not fit
 
 
+def test_time_groupings_says_what_to_do_when_one_gate_set_does_not_fit(monkeypatch):
+    import mechheads.chg.fitting as fitting
+
+    def no_memory(*a, **k):
+        raise torch.OutOfMemoryError("simulated")
+
+    monkeypatch.setattr(fitting, "fit_phase", no_memory)
+    model = build_model(TINY, perturbed_state(TINY), backend=BACKENDS[0])
+    batch = TokenBatch.from_tokens(torch.zeros(4, 8, dtype=torch.long), n_target=3)
+    with pytest.raises(MechheadsError, match="does not fit in memory; lower CHGConfig.batch_size"):
+        time_groupings(model, batch, seeds=[0, 1], config=CHGConfig(batch_size=4))
+
+
 def test_auto_grouping_gives_the_joint_gates_and_is_kept_for_a_resume(tmp_path, monkeypatch):
     import mechheads.chg.fitting as fitting
 

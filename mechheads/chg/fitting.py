@@ -317,9 +317,9 @@ def fit(
             small group can be quicker there, and on a GPU a large model may not fit all seeds at once.
             ``"auto"``: time the candidate groupings on this model, data and device
             (:func:`time_groupings`, a few updates each) and use the fastest of those that fit in
-            memory. The choice depends on timings, so two runs can
-            choose differently and then differ by rounding; with ``checkpoint_dir`` the choice is
-            stored there (``grouping.json``) and a rerun reuses it. Pin an integer for bit-equal reruns.
+            memory. The choice depends on timings, so two runs can choose differently and then
+            differ by rounding; with ``checkpoint_dir`` the choice is stored there
+            (``grouping.json``) and a rerun reuses it. Pin an integer for bit-equal reruns.
         checkpoint_dir: If given, each phase checkpoints there and a rerun resumes where it stopped.
             With an executor, each finished seed group is stored there as one state file.
         progress: Show progress bars.
@@ -449,7 +449,13 @@ def time_groupings(
         if model.device.type == "cuda":
             torch.cuda.synchronize(model.device)
 
-    fit_phase(model, obj, init_logits(model, seeds[:1]), n_updates=1, **common)  # warm-up
+    try:
+        fit_phase(model, obj, init_logits(model, seeds[:1]), n_updates=1, **common)  # warm-up
+    except torch.OutOfMemoryError as e:
+        raise MechheadsError(
+            f"one gate set per forward with batch size {config.batch_size} does not fit in memory; "
+            "lower CHGConfig.batch_size"
+        ) from e
     per_set: dict[int, float] = {}
     for g in sizes:
         starts = init_logits(model, seeds[:g])
@@ -468,7 +474,8 @@ def time_groupings(
         per_set[g] = best / (updates * g)
     if 1 not in per_set:
         raise MechheadsError(
-            f"one gate set per forward with batch size {config.batch_size} does not fit in memory"
+            f"one gate set per forward with batch size {config.batch_size} does not fit in memory; "
+            "lower CHGConfig.batch_size"
         )
 
     def estimate(g: int) -> float:
