@@ -139,16 +139,16 @@ def test_time_groupings_measures_every_candidate_size():
 
 
 def test_time_groupings_stops_at_the_first_size_out_of_memory(monkeypatch):
-    import mechheads.chg.fitting as fitting
+    import mechheads.chg.grouping as grouping
 
-    real = fitting.fit_phase
+    real = grouping.fit_phase
 
     def small_memory(model, objective, logits, **kw):
         if logits.shape[0] > 2:
             raise torch.OutOfMemoryError("simulated: more than 2 gate sets")
         return real(model, objective, logits, **kw)
 
-    monkeypatch.setattr(fitting, "fit_phase", small_memory)
+    monkeypatch.setattr(grouping, "fit_phase", small_memory)
     model = build_model(TINY, perturbed_state(TINY), backend=BACKENDS[0])
     toks = torch.randint(0, TINY.d_vocab, (16, 8), generator=torch.Generator().manual_seed(1))
     batch = TokenBatch.from_tokens(toks, n_target=3)
@@ -159,12 +159,12 @@ def test_time_groupings_stops_at_the_first_size_out_of_memory(monkeypatch):
 
 
 def test_time_groupings_says_what_to_do_when_one_gate_set_does_not_fit(monkeypatch):
-    import mechheads.chg.fitting as fitting
+    import mechheads.chg.grouping as grouping
 
     def no_memory(*a, **k):
         raise torch.OutOfMemoryError("simulated")
 
-    monkeypatch.setattr(fitting, "fit_phase", no_memory)
+    monkeypatch.setattr(grouping, "fit_phase", no_memory)
     model = build_model(TINY, perturbed_state(TINY), backend=BACKENDS[0])
     batch = TokenBatch.from_tokens(torch.zeros(4, 8, dtype=torch.long), n_target=3)
     with pytest.raises(MechheadsError, match="does not fit in memory; lower CHGConfig.batch_size"):
@@ -172,7 +172,7 @@ def test_time_groupings_says_what_to_do_when_one_gate_set_does_not_fit(monkeypat
 
 
 def test_auto_grouping_gives_the_joint_gates_and_is_kept_for_a_resume(tmp_path, monkeypatch):
-    import mechheads.chg.fitting as fitting
+    import mechheads.chg.grouping as grouping
 
     model = build_model(TINY, perturbed_state(TINY), backend=BACKENDS[0])
     toks = torch.randint(0, TINY.d_vocab, (24, 8), generator=torch.Generator().manual_seed(1))
@@ -201,7 +201,7 @@ def test_auto_grouping_gives_the_joint_gates_and_is_kept_for_a_resume(tmp_path, 
     def no_timing(*a, **k):
         raise AssertionError("timed again although grouping.json holds the choice")
 
-    monkeypatch.setattr(fitting, "time_groupings", no_timing)
+    monkeypatch.setattr(grouping, "time_groupings", no_timing)
     again = fit_auto()
     assert torch.equal(again.phases["minus"].logits, auto.phases["minus"].logits)
     (tmp_path / "grouping.json").write_text('{"seeds_per_forward": "os.system"}')

@@ -48,7 +48,8 @@ from mechheads.chg.contrastive import (
     contrastive_transfer,
     fit_contrastive,
 )
-from mechheads.chg.fitting import check_gateable, fit, fit_phase, init_logits, time_groupings
+from mechheads.chg.fitting import check_gateable, fit, fit_phase, init_logits
+from mechheads.chg.grouping import time_groupings
 from mechheads.chg.objectives import (
     ContrastiveLoss,
     Forward,

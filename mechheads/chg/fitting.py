@@ -7,14 +7,11 @@ Roles of Attention Heads in Transformers"); see the package docstring for the me
 from __future__ import annotations
 
 import hashlib
-import json
-import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import pandas as pd
 import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
@@ -346,7 +343,9 @@ def fit(
                 'seeds_per_forward="auto" times groupings in this process; with an executor give an '
                 "integer or None (the seeds split evenly over the workers)"
             )
-        seeds_per_forward = _auto_grouping(model, obj, seeds, config, data_seed, ckdir)
+        from mechheads.chg.grouping import auto_grouping  # it builds on this module's fit_phase
+
+        seeds_per_forward = auto_grouping(model, obj, seeds, config, data_seed, ckdir)
     if seeds_per_forward is None and executor is not None:
         seeds_per_forward = -(-len(seeds) // executor.num_workers)
     per = len(seeds) if seeds_per_forward is None else seeds_per_forward
@@ -396,136 +395,6 @@ def fit(
         for phase in ("zero", "plus", "minus")
     }
     return CHGResult(model.cfg.n_layers, model.cfg.n_heads, seeds, config, phases)
-
-
-def time_groupings(
-    model: HeadModel,
-    data: Task | TokenBatch | Objective,
-    *,
-    seeds: Iterable[int] = (0, 1, 2, 3),
-    config: CHGConfig | None = None,
-    loss: str | Metric = "nll",
-    data_seed: int = 0,
-    sizes: Iterable[int] | None = None,
-    updates: int = 3,
-    repeats: int = 3,
-) -> pd.DataFrame:
-    """How long a CHG fit of ``seeds`` takes per update with each number of gate sets per forward.
-
-    Each candidate group size g (default: 1, 2, 4, … up to the number of seeds, and that number)
-    runs ``updates`` phase-0 updates ``repeats`` times after one warm-up update; the fastest repeat
-    gives the seconds per gate set and update. A grouping of K seeds into groups of g is then
-    estimated as ⌊K/g⌋ groups of g plus one of the rest (timed at the largest measured size not above
-    it). Returns one row per size: ``seeds_per_forward``, ``s_per_gate_set_update`` and
-    ``estimated_s_per_update`` (all K seeds), best first. A size that runs out of memory (on a GPU,
-    a large model) ends the search: it and every larger size get NaN and sort last. This is what
-    ``fit(..., seeds_per_forward="auto")`` uses; the gates of the timing runs are discarded.
-    """
-    config = config or CHGConfig()
-    check_gateable(model)
-    seeds = check_seeds(seeds)
-    obj = _objective(model, data, loss)
-    K = len(seeds)
-    if sizes is None:
-        sizes = sorted({min(2**i, K) for i in range(K.bit_length() + 1)})
-    sizes = sorted({int(g) for g in sizes})
-    if not sizes or sizes[0] < 1 or sizes[-1] > K or 1 not in sizes:
-        raise MechheadsError(f"sizes must include 1 and lie in 1..{K} (the number of seeds), got {sizes}")
-    for name, v in (("updates", updates), ("repeats", repeats)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise MechheadsError(f"{name} must be an integer >= 1, got {v!r}")
-    common: dict[str, Any] = dict(
-        phase="zero",
-        lam=0.0,
-        lr=config.lr_fit,
-        batch_size=config.batch_size,
-        seed=data_seed,
-        logit_clip=config.logit_clip,
-        grad_clip=config.grad_clip,
-        progress=False,
-    )
-
-    def sync() -> None:
-        if model.device.type == "cuda":
-            torch.cuda.synchronize(model.device)
-
-    try:
-        fit_phase(model, obj, init_logits(model, seeds[:1]), n_updates=1, **common)  # warm-up
-    except torch.OutOfMemoryError as e:
-        raise MechheadsError(
-            f"one gate set per forward with batch size {config.batch_size} does not fit in memory; "
-            "lower CHGConfig.batch_size"
-        ) from e
-    per_set: dict[int, float] = {}
-    for g in sizes:
-        starts = init_logits(model, seeds[:g])
-        best = float("inf")
-        try:
-            for _ in range(repeats):
-                sync()
-                t0 = time.perf_counter()
-                fit_phase(model, obj, starts, n_updates=updates, **common)
-                sync()
-                best = min(best, time.perf_counter() - t0)
-        except torch.OutOfMemoryError:
-            if model.device.type == "cuda":
-                torch.cuda.empty_cache()
-            break  # this size and every larger one do not fit
-        per_set[g] = best / (updates * g)
-    if 1 not in per_set:
-        raise MechheadsError(
-            f"one gate set per forward with batch size {config.batch_size} does not fit in memory; "
-            "lower CHGConfig.batch_size"
-        )
-
-    def estimate(g: int) -> float:
-        if g not in per_set:
-            return float("nan")
-        rest = K % g
-        cost = (K // g) * g * per_set[g]
-        if rest:
-            cost += rest * per_set[max(s for s in per_set if s <= rest)]
-        return cost
-
-    table = pd.DataFrame(
-        {
-            "seeds_per_forward": sizes,
-            "s_per_gate_set_update": [per_set.get(g, float("nan")) for g in sizes],
-            "estimated_s_per_update": [estimate(g) for g in sizes],
-        }
-    )
-    return table.sort_values(
-        ["estimated_s_per_update", "seeds_per_forward"], ignore_index=True, na_position="last"
-    )
-
-
-_GROUPING_FILE = "grouping.json"
-
-
-def _auto_grouping(
-    model: HeadModel, obj: Objective, seeds: list[int], config: CHGConfig, data_seed: int, ckdir: Path | None
-) -> int:
-    """``seeds_per_forward="auto"``: the grouping stored in ``ckdir`` by an earlier run, else the fastest
-    that fits in memory by :func:`time_groupings` (stored in ``ckdir`` if given)."""
-    K = len(seeds)
-    record = ckdir / _GROUPING_FILE if ckdir is not None else None
-    if record is not None and record.exists():
-        try:
-            stored = json.loads(record.read_text())
-        except (OSError, ValueError) as e:
-            raise state_error(record, f"is not readable JSON ({e})") from e
-        statefiles.check(record, stored, {"seeds_per_forward": int})
-        if stored["seeds_per_forward"] < 1:
-            raise state_error(record, f"holds seeds_per_forward {stored['seeds_per_forward']}, not >= 1")
-        return min(stored["seeds_per_forward"], K)
-    if K == 1:
-        per = 1
-    else:
-        table = time_groupings(model, obj, seeds=seeds, config=config, data_seed=data_seed)
-        per = int(table["seeds_per_forward"].iloc[0])
-    if record is not None:
-        statefiles.write_text(record, json.dumps({"seeds_per_forward": per}))
-    return per
 
 
 def _fit_group(
