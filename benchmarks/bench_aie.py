@@ -21,10 +21,10 @@ nothing; ``filter_solved=False``), 144 heads.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import torch
+from bench_patching import interleaved
 
 
 def naive_aie(model, task, n_trials: int, filter_solved: bool) -> np.ndarray:
@@ -84,14 +84,7 @@ def main():
             model, task, n_trials=args.trials, filter_solved=filt, progress=False
         ).table.aie.to_numpy(),
     }
-    times = {k: [] for k in sides}
-    out = {}
-    for r in range(args.repeats):  # interleaved, so drifting machine load hits both sides alike
-        for k, fn in sides.items():
-            t0 = time.perf_counter()
-            out[k] = fn()
-            times[k].append(time.perf_counter() - t0)
-            print(f"  repeat {r + 1}: {k}: {times[k][-1]:.2f} s", flush=True)
+    times, out = interleaved(sides, args.repeats)
     naive, fast = (times[k] for k in sides)
     ratios = [a / b for a, b in zip(naive, fast, strict=True)]
     diff = float(np.abs(out["average_indirect_effect"] - out["one forward per head (naive)"]).max())

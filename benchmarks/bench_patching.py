@@ -63,6 +63,20 @@ def setup(args):
     return model, dest, src
 
 
+def interleaved(sides: dict, repeats: int) -> tuple[dict[str, list[float]], dict]:
+    """Run every side ``repeats`` times, interleaved so that drifting machine load hits every side
+    alike; returns each side's wall times and its last output."""
+    times: dict[str, list[float]] = {k: [] for k in sides}
+    out: dict = {}
+    for r in range(repeats):
+        for k, fn in sides.items():
+            t0 = time.perf_counter()
+            out[k] = fn()
+            times[k].append(time.perf_counter() - t0)
+            print(f"  repeat {r + 1}: {k}: {times[k][-1]:.2f} s", flush=True)
+    return times, out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="tasks-4l", choices=["tasks-4l", "gpt2-shaped", "gpt2-mean", "hf-gpt2-mean"])
@@ -85,14 +99,7 @@ def main():
             model, dest, source, progress=False, max_rows=len(dest), **kw
         ),
     }
-    times = {k: [] for k in sides}
-    out = {}
-    for r in range(args.repeats):  # interleaved, so drifting machine load hits every side alike
-        for k, fn in sides.items():
-            t0 = time.perf_counter()
-            out[k] = fn()
-            times[k].append(time.perf_counter() - t0)
-            print(f"  repeat {r + 1}: {k}: {times[k][-1]:.2f} s", flush=True)
+    times, out = interleaved(sides, args.repeats)
     naive_key = next(iter(sides))
     naive = out[naive_key]
     n_heads = model.cfg.n_layers * model.cfg.n_heads

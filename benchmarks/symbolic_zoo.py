@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from cma_zoo import heat, md
 
 from mechheads import zoo
 from mechheads.function_vectors import solved
@@ -37,23 +38,6 @@ from mechheads.symbolic import KINDS, cumulative_validation, symbolic_pairs, sym
 from mechheads.tasks import aba_abb_task, aba_var_task
 from mechheads.tasks.generators import SEPARATORS
 from mechheads.tasks.metrics import logit_diff
-
-
-def md(df: pd.DataFrame, digits: int = 3) -> str:
-    def cell(v):
-        if isinstance(v, (float, np.floating)):
-            return "" if np.isnan(v) else f"{v:.{digits}f}"
-        return str(v)
-
-    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
-
-
-def heat(arr: np.ndarray) -> str:
-    df = pd.DataFrame(arr, columns=[f"H{h}" for h in range(arr.shape[1])])
-    df.insert(0, "layer", [f"L{layer}" for layer in range(arr.shape[0])])
-    return md(df, 2)
 
 
 def fixed_offset_accuracy(model, task) -> float:
@@ -149,7 +133,7 @@ def main():
     print(f"\npermutation test: p < {res.info['threshold']:.2e} ({res.correction}); null quantile 0.95\n")
     for kind in KINDS:
         print(f"\n#### {kind}: mean score (logit diff causal − experimental, patched − unpatched)\n")
-        print(heat(res.to_array(kind)))
+        print(heat(res.to_array(kind), 2))
     s = res.scores
     summary = (
         s.groupby("kind")
@@ -185,7 +169,7 @@ def main():
         progress=False,
     )
     print("\n### Abstraction score at the line ends (not the paper's position)\n")
-    print(heat(line.to_array("abstraction")))
+    print(heat(line.to_array("abstraction"), 2))
     ls = line.scores.sort_values("score", ascending=False).head(4)
     print("\n" + md(ls[["layer", "head", "score", "sem", "null_mean", "null_threshold", "p", "significant"]]))
 
