@@ -116,6 +116,26 @@ def test_permutation_test_p_values():
         permutation_test(own, null[:, :5])
 
 
+def flip_patch_by_hand(model, pairs, head: str, where: str) -> float:
+    """The abstraction score of one head computed with ``patched``: on the flip pairs solved in both
+    versions, the mean change of the logit difference when the head's output at ``pairs.<where>`` of
+    the flip prompt is taken from the base prompt."""
+    from mechheads.function_vectors import solved
+    from mechheads.symbolic.pairs import _own
+
+    ok = solved(model, pairs.base) & solved(model, _own(pairs.flip))
+    kept = pairs.subset(np.flatnonzero(ok).tolist())
+    exp = kept.flip.batch(model)
+    sites = getattr(kept, where)
+    with torch.no_grad():
+        before = logit_diff(model(exp.tokens), exp, "none")
+        with patched(
+            model, kept.flip, kept.base, [head], positions=sites["flip"], source_positions=sites["base"]
+        ):
+            after = logit_diff(model(exp.tokens), exp, "none")
+    return (after - before).mean().item()
+
+
 def test_scores_equal_patching_one_head_by_hand(tasks4l):
     res = symbolic_scores(tasks4l, n=16, min_pairs=4, n_permutations=99, progress=False)
     assert set(res.scores.kind) == {"abstraction", "induction", "retrieval"}
@@ -125,26 +145,8 @@ def test_scores_equal_patching_one_head_by_hand(tasks4l):
     kept = flt[(flt.version == "flip") & flt.reason.str.startswith("kept")].n.iloc[0]
     assert res.per_pair["abstraction"].shape == (16, kept)
     # by hand, head L2H1 at the third-item positions, flip pairs solved in both versions
-    from mechheads.function_vectors import solved
-    from mechheads.symbolic.pairs import _own
-
-    pairs = res.pairs
-    ok = solved(tasks4l, pairs.base) & solved(tasks4l, _own(pairs.flip))
-    sub = pairs.subset(np.flatnonzero(ok).tolist())
-    exp = sub.flip.batch(tasks4l)
-    with torch.no_grad():
-        before = logit_diff(tasks4l(exp.tokens), exp, "none")
-        with patched(
-            tasks4l,
-            sub.flip,
-            sub.base,
-            ["L2H1"],
-            positions=sub.third_items["flip"],
-            source_positions=sub.third_items["base"],
-        ):
-            after = logit_diff(tasks4l(exp.tokens), exp, "none")
     row = res.scores[(res.scores.kind == "abstraction") & (res.scores.layer == 2) & (res.scores["head"] == 1)]
-    assert abs(row.score.iloc[0] - (after - before).mean().item()) < 1e-4
+    assert abs(row.score.iloc[0] - flip_patch_by_hand(tasks4l, res.pairs, "L2H1", "third_items")) < 1e-4
     assert ((res.scores.p > 0) & (res.scores.p <= 1)).all()
     assert (res.scores.significant <= (res.scores.p < res.info["threshold"])).all()
 
@@ -204,9 +206,6 @@ def test_cma_significant_heads_per_task(model_hooked):
 def test_line_end_positions_point_at_the_line_breaks_and_feed_the_abstraction_score(model_hooked):
     from conftest import no_typecheck
 
-    from mechheads.function_vectors import solved
-    from mechheads.symbolic.pairs import _own
-
     pairs = symbolic_pairs(model_hooked, 12, n_examples=3, seed=1)
     for version, task in (("base", pairs.base), ("flip", pairs.flip)):
         batch = task.batch(model_hooked)
@@ -226,22 +225,8 @@ def test_line_end_positions_point_at_the_line_breaks_and_feed_the_abstraction_sc
     )
     assert res.info["abstraction_at"] == "line_end"
     # by hand: head L0H1 patched at the line ends of the pairs solved in both versions
-    ok = solved(model_hooked, pairs.base) & solved(model_hooked, _own(pairs.flip))
-    kept = pairs.subset(np.flatnonzero(ok).tolist())
-    exp = kept.flip.batch(model_hooked)
-    with torch.no_grad():
-        before = logit_diff(model_hooked(exp.tokens), exp, "none")
-        with patched(
-            model_hooked,
-            kept.flip,
-            kept.base,
-            ["L0H1"],
-            positions=kept.line_ends["flip"],
-            source_positions=kept.line_ends["base"],
-        ):
-            after = logit_diff(model_hooked(exp.tokens), exp, "none")
     row = res.scores[(res.scores.layer == 0) & (res.scores["head"] == 1)]
-    assert abs(row.score.iloc[0] - (after - before).mean().item()) < 1e-4
+    assert abs(row.score.iloc[0] - flip_patch_by_hand(model_hooked, pairs, "L0H1", "line_ends")) < 1e-4
     with no_typecheck(), pytest.raises(MechheadsError, match="abstraction_at"):
         symbolic_scores(model_hooked, pairs, abstraction_at="query", progress=False)
 
@@ -259,7 +244,9 @@ def test_symbolic_4l_solves_the_variable_format_with_the_retrieval_heads_its_car
     found = {f"L{r.layer}H{r.head}" for r in res.scores[res.scores.significant].itertuples()}
     assert set(SPECS["symbolic-4l"].head_roles["retrieval"]) <= found
     top2 = res.scores.sort_values("score", ascending=False).head(2)
-    assert {f"L{r.layer}H{r.head}" for r in top2.itertuples()} == set(SPECS["symbolic-4l"].head_roles["retrieval"])
+    assert {f"L{r.layer}H{r.head}" for r in top2.itertuples()} == set(
+        SPECS["symbolic-4l"].head_roles["retrieval"]
+    )
 
 
 def test_cma_heads_of_the_variable_format_are_reported_under_their_own_task():
