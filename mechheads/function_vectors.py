@@ -239,7 +239,10 @@ def average_indirect_effect(
         ]
     )
     positions = site_positions(model, task, site)
-    mean = mean_head_activations(model, mean_task if mean_task is not None else task, site)
+    if mean_task is None:  # the means over the task itself, at the positions just resolved for it
+        mean = mean_activations(model, task, positions)
+    else:
+        mean = mean_head_activations(model, mean_task, site)
     if corruption == "shuffled":
         corrupted = shuffled_task(trials, seed)
     elif corruption == "zero-shot":
